@@ -1,0 +1,106 @@
+"""Running the operator: the kopf registry with one handler module per kind, settings, endpoints."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import threading
+from typing import Any
+
+import kopf
+
+from loraops.adapters import handlers as adapter_handlers
+from loraops.config import ANNOTATION_PREFIX, FINALIZER, OperatorConfig
+from loraops.routing import handlers as route_handlers
+from loraops.training import handlers as training_handlers
+
+HANDLER_MODULES = (training_handlers, adapter_handlers, route_handlers)
+
+
+def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """A private registry: decorators never touch kopf's process-global one, so tests can run several."""
+    registry = kopf.OperatorRegistry()
+    for module in HANDLER_MODULES:
+        module.register(registry, config)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        apply_settings(settings, config)
+
+    if config.server:
+        server = config.server
+
+        @kopf.on.login(registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=server, insecure=config.insecure)
+
+    return registry
+
+
+def apply_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.enabled = config.post_events
+    settings.posting.level = logging.INFO
+
+
+def start_metrics_server(port: int) -> None:
+    from prometheus_client import start_http_server
+
+    from loraops.kube.metrics import REGISTRY
+
+    start_http_server(port, registry=REGISTRY)
+
+
+async def run_async(config: OperatorConfig, stop_flag: asyncio.Event | threading.Event | None = None) -> None:
+    registry = build_registry(config)
+    liveness = f"http://0.0.0.0:{config.liveness_port}/healthz" if config.liveness_port else None
+    await kopf.operator(
+        registry=registry,
+        clusterwide=config.clusterwide,
+        namespaces=config.namespaces or ([] if config.clusterwide else [os.environ.get("POD_NAMESPACE", "default")]),
+        liveness_endpoint=liveness,
+        standalone=config.standalone,
+        stop_flag=stop_flag,
+    )
+
+
+def _operator(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = OperatorConfig(
+        namespaces=args.namespace or [],
+        clusterwide=args.all_namespaces,
+        resync_seconds=args.resync_seconds,
+        liveness_port=args.liveness_port or None,
+        metrics_port=args.metrics_port or None,
+        server=args.server,
+        insecure=args.insecure,
+        standalone=not args.peering,
+    )
+    if config.metrics_port:
+        start_metrics_server(config.metrics_port)
+    asyncio.run(run_async(config))
+    return 0
+
+
+def add_operator_command(sub: Any) -> Any:
+    parser = sub.add_parser("operator", help="run the operator (kopf controllers for the three kinds)")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", help="serve this namespace (repeatable)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="serve every namespace")
+    parser.add_argument("--resync-seconds", type=float, default=300.0, help="status recomputation period")
+    parser.add_argument("--liveness-port", type=int, default=8080, help="0 disables /healthz")
+    parser.add_argument("--metrics-port", type=int, default=9090, help="0 disables /metrics")
+    parser.add_argument("--server", help="Kubernetes API URL (dev mode); default: in-cluster or kubeconfig")
+    parser.add_argument("--insecure", action="store_true", help="skip TLS verification (dev mode only)")
+    parser.add_argument("--peering", action="store_true", help="run with kopf peering (HA with several replicas)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return _operator
