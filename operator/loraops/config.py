@@ -22,3 +22,5 @@ class OperatorConfig(BaseModel):
     standalone: bool = True
     """No peering (single replica). HA deployments run peering with `standalone: false`."""
     post_events: bool = True
+    trainer_image: str = "ghcr.io/loraops/trainer:0.1.0"
+    """Image of LoraTraining Jobs when the spec names none."""
