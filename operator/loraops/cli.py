@@ -83,6 +83,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     from loraops.runtime import add_operator_command
 
     commands["operator"] = add_operator_command(sub)
+    from loraops.router.cli import add_router_command
+
+    commands["router"] = add_router_command(sub)
     return parser, commands
 
 

@@ -6,6 +6,7 @@ camelCase aliases, as Kubernetes API conventions ask.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -32,6 +33,18 @@ LabelName = Annotated[str, StringConstraints(pattern=DNS1123_LABEL, min_length=1
 
 Duration = Annotated[str, StringConstraints(pattern=DURATION, max_length=32)]
 """A duration such as `30s`, `10m`, `1h30m` or `500ms`."""
+
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a `Duration` such as `30s`, `1h30m` or `500ms`; ValueError if it does not match `DURATION`."""
+    if not re.fullmatch(DURATION, text):
+        raise ValueError(f"not a duration: {text!r} (expected e.g. 30s, 10m, 1h30m, 500ms)")
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(text))
+
 
 Sha256 = Annotated[str, StringConstraints(pattern=SHA256_HEX)]
 """A sha256 digest: 64 lower-case hex characters."""
