@@ -11,11 +11,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import copy
+import functools
 import json
 import logging
 import pathlib
 import re
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -90,10 +92,18 @@ def parse_route(path: str) -> Route | None:
     return route
 
 
+@functools.cache
+def _bundled_catalogue() -> kmock.ResourcesArray:
+    catalogue = kmock.ResourcesArray()
+    with warnings.catch_warnings():  # kmock 0.8 reads its bundle with a deprecated importlib call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        catalogue.load_bundled()
+    return catalogue
+
+
 def builtin_defs() -> list[ResourceDef]:
     """Builtin resources from kmock's bundled catalogue (one version per resource; no metrics API)."""
-    catalogue = kmock.ResourcesArray()
-    catalogue.load_bundled()
+    catalogue = _bundled_catalogue()
     defs: dict[tuple[str, str], ResourceDef] = {}
     for res in catalogue:
         info = catalogue[res]
@@ -108,7 +118,7 @@ def builtin_defs() -> list[ResourceDef]:
             singular=info.singular or (info.kind or res.plural).lower(),
             short_names=sorted(info.shortnames),
             categories=sorted(info.categories),
-            subresources=set(info.subresources),
+            subresources=set(info.subresources) | ({"log"} if res.plural == "pods" else set()),
             verbs=sorted(info.verbs) or ResourceDef("", "", "", True, []).verbs,
         )
     return list(defs.values())
@@ -181,7 +191,7 @@ class KubeShim(kmock.KubernetesEmulator):
     def _record(self, raw: web.BaseRequest, route: Route | None, body: bytes) -> kmock.Request:
         ctype = raw.headers.get("Content-Type", "")
         data: Any = None
-        if body and "json" in ctype:
+        if body and ("json" in ctype or not ctype):  # the python client sends POST bodies untyped
             try:
                 data = json.loads(body)
             except ValueError:
