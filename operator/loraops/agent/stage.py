@@ -1,0 +1,128 @@
+"""Download → check → verify → install: the path of an artifact from its store to a folder vLLM may load.
+
+Everything happens in a hidden staging folder inside the adapters folder; only a fully verified tree is
+renamed into place (atomic on one filesystem), and every failure removes the staging folder, so vLLM can
+only ever be pointed at bytes that matched the requested digest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pathlib
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from loraops.agent.config import AgentConfig
+from loraops.agent.errors import AgentFailure, ArtifactRejected, BadRequest
+from loraops.agent.safety import Budget, check_tree, safe_relative
+from loraops.agent.sources import FetchRequest, source_for
+from loraops_trainer.errors import TrainerError
+from loraops_trainer.manifest import hash_directory, verify_directory
+from loraops_trainer.storage import MANIFEST_NAME
+
+STAGING_PREFIX = ".staging-"
+
+
+@dataclass(frozen=True)
+class Verified:
+    digest: str
+    files: int
+    size: int
+
+
+def new_staging(config: AgentConfig) -> pathlib.Path:
+    config.adapters_dir.mkdir(parents=True, exist_ok=True)
+    path = config.adapters_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+    path.mkdir()
+    return path
+
+
+def clean_staging(config: AgentConfig) -> int:
+    """Remove staging folders a crashed agent left behind; returns how many."""
+    removed = 0
+    if config.adapters_dir.is_dir():
+        for path in config.adapters_dir.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def download(config: AgentConfig, uri: str, staging: pathlib.Path, credentials: Mapping[str, str]) -> None:
+    budget = Budget(max_bytes=config.max_bytes, max_files=config.max_files)
+    source_for(uri, config).fetch(FetchRequest(uri=uri, target=staging, budget=budget, credentials=credentials))
+
+
+def check_manifest_names(root: pathlib.Path, max_files: int) -> None:
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        return
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ArtifactRejected("InvalidManifest", f"{MANIFEST_NAME} is not readable JSON ({error})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise ArtifactRejected("InvalidManifest", f"{MANIFEST_NAME} has no 'files' object")
+    if len(files) > max_files:
+        raise ArtifactRejected("TooManyFiles", f"{MANIFEST_NAME} lists {len(files)} files, the limit is {max_files}")
+    for name in files:
+        safe_relative(name)
+        if (root / name).is_symlink():
+            raise ArtifactRejected("Symlink", f"{name!r} listed in {MANIFEST_NAME} is a symlink")
+
+
+def verify(root: pathlib.Path, digest: str, config: AgentConfig) -> Verified:
+    """Every file against the manifest (when there is one) and the folder against `digest`."""
+    files, size = check_tree(root, config.max_files, config.max_bytes)
+    check_manifest_names(root, config.max_files)
+    try:
+        result = verify_directory(root, digest)
+    except TrainerError as error:
+        raise ArtifactRejected(error.reason, error.message) from None
+    if not result.ok:
+        raise ArtifactRejected("DigestMismatch", "; ".join(result.problems[:5]))
+    return Verified(digest=result.digest, files=files, size=size)
+
+
+def verify_installed(root: pathlib.Path, digest: str, config: AgentConfig) -> None:
+    """Re-check an installed folder before it is loaded again (the shared volume is writable by vLLM's pod)."""
+    if not root.is_dir():
+        raise ArtifactRejected("ArtifactMissing", f"{root} is gone")
+    check_tree(root, config.max_files, config.max_bytes)
+    found, _ = hash_directory(root)
+    if found != digest:
+        raise ArtifactRejected("DigestMismatch", f"installed files now hash to {found}, expected {digest}")
+
+
+def install(staging: pathlib.Path, final: pathlib.Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        # Left by an earlier life of this agent: the staged copy was just verified, the old one was not.
+        shutil.rmtree(final)
+    staging.rename(final)
+
+
+def remove(path: pathlib.Path | None) -> None:
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(path)
+
+
+def read_credentials(config: AgentConfig, secret: str | None) -> dict[str, str]:
+    """The keys of a Secret mounted at `<credentials_dir>/<secret>/`: values stay in memory, never logged."""
+    if secret is None:
+        return {}
+    if config.credentials_dir is None:
+        raise BadRequest("CredentialsUnavailable", f"secret {secret!r} named, but this agent has no credentials folder")
+    folder = config.credentials_dir / secret
+    if not folder.is_dir():
+        raise AgentFailure("CredentialsUnavailable", f"secret {secret!r} is not mounted in this pod", status=422)
+    values: dict[str, str] = {}
+    # Kubernetes mounts each key as a symlink into `..data/`; hidden entries are its bookkeeping.
+    for entry in folder.iterdir():
+        if not entry.name.startswith(".") and entry.is_file():
+            values[entry.name] = entry.read_text(encoding="utf-8").strip()
+    return values
