@@ -83,6 +83,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     from loraops.runtime import add_operator_command
 
     commands["operator"] = add_operator_command(sub)
+
+    from loraops.agent.cli import add_agent_command, add_digest_command
+
+    commands["agent"] = add_agent_command(sub)
+    commands["digest"] = add_digest_command(sub)
     from loraops.router.cli import add_router_command
 
     commands["router"] = add_router_command(sub)
