@@ -13,23 +13,28 @@ import kopf
 
 from loraops.adapters import handlers as adapter_handlers
 from loraops.config import ANNOTATION_PREFIX, FINALIZER, OperatorConfig
+from loraops.kube.client import KubeClient
 from loraops.routing import handlers as route_handlers
 from loraops.training import handlers as training_handlers
 
 HANDLER_MODULES = (training_handlers, adapter_handlers, route_handlers)
 
 
-def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
-    """A private registry: decorators never touch kopf's process-global one, so tests can run several."""
+def build_registry(config: OperatorConfig, *, login: bool = True) -> kopf.OperatorRegistry:
+    """A private registry: decorators never touch kopf's process-global one, so tests can run several.
+
+    `login=False` leaves authentication to the caller (the dev-mode runner logs kopf in to its own API);
+    the controllers' own client still goes to `config.server`, so tests never reach a real cluster."""
     registry = kopf.OperatorRegistry()
+    client = KubeClient(config.server, insecure=config.insecure)
     for module in HANDLER_MODULES:
-        module.register(registry, config)
+        module.register(registry, config, client)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         apply_settings(settings, config)
 
-    if config.server:
+    if login and config.server:
         server = config.server
 
         @kopf.on.login(registry=registry)

@@ -15,6 +15,7 @@ import kopf
 
 from loraops.api.kinds import Kind
 
+from .client import KubeClient, Resource
 from .metrics import instrumented
 
 StatusPlanner = Callable[[Kind, dict[str, Any], int | None, dict[str, Any] | None, datetime], dict[str, Any]]
@@ -28,24 +29,35 @@ def status_patch(current: dict[str, Any] | None, desired: dict[str, Any]) -> dic
     return patch
 
 
+def kind_resource(kind: Kind) -> Resource:
+    return Resource(kind.group, kind.version, kind.plural)
+
+
 def register_status_reconciler(
-    registry: kopf.OperatorRegistry, kind: Kind, plan: StatusPlanner, resync_seconds: float
+    registry: kopf.OperatorRegistry,
+    kind: Kind,
+    plan: StatusPlanner,
+    client: KubeClient,
+    resync_seconds: float,
+    retry_seconds: float,
 ) -> None:
     resource = (kind.group, kind.version, kind.plural)
+    api_resource = kind_resource(kind)
 
     @instrumented(kind.kind)
     async def reconcile(
         spec: kopf.Spec,
         status: kopf.Status,
         meta: kopf.Meta,
-        patch: kopf.Patch,
         logger: kopf.Logger,
         **_: Any,
     ) -> None:
         desired = plan(kind, dict(spec), meta.get("generation"), dict(status), datetime.now(UTC))
         changes = status_patch(dict(status), desired)
         if changes:
-            patch.status.update(changes)
+            # Written here, not through kopf's `patch`: a failed write raises, so kopf retries the handler
+            # instead of recording it as done with its status lost.
+            await client.apatch(api_resource, meta.get("namespace"), meta["name"], {"status": changes}, sub="status")
             logger.debug("status of %s changes: %s", kind.kind, sorted(changes))
 
     for decorator, handler_id in (
@@ -53,8 +65,10 @@ def register_status_reconciler(
         (kopf.on.update, "reconcile-update"),
         (kopf.on.resume, "reconcile-resume"),
     ):
-        decorator(*resource, registry=registry, id=handler_id, backoff=5)(reconcile)
-    kopf.timer(*resource, registry=registry, id="resync", interval=resync_seconds, idle=resync_seconds)(reconcile)
+        decorator(*resource, registry=registry, id=handler_id, backoff=retry_seconds)(reconcile)
+    kopf.timer(
+        *resource, registry=registry, id="resync", interval=resync_seconds, idle=resync_seconds, backoff=retry_seconds
+    )(reconcile)
 
     async def finalize(*, meta: kopf.Meta, logger: kopf.Logger, **_: Any) -> None:
         logger.info("%s %s/%s deleted; releasing it", kind.kind, meta.get("namespace"), meta.get("name"))
