@@ -114,8 +114,14 @@ class FakeUpstream:
 
     async def _answer(self, request: web.Request, body: dict[str, Any], model: str) -> web.StreamResponse:
         if self.models is not None and model not in self.models:
-            err = {"error": {"message": f"The model `{model}` does not exist.", "type": "NotFoundError",
-                             "param": "model", "code": 404}}
+            err = {
+                "error": {
+                    "message": f"The model `{model}` does not exist.",
+                    "type": "NotFoundError",
+                    "param": "model",
+                    "code": 404,
+                }
+            }
             return web.json_response(err, status=404)
         b = self.behaviours.get(model, Behaviour())
         n = self.counters[model] = self.counters.get(model, 0) + 1
@@ -138,8 +144,11 @@ class FakeUpstream:
             else {"index": 0, "text": answer, "finish_reason": "stop"}
         )
         payload = {
-            "id": "cmpl-1", "object": "chat.completion" if chat else "text_completion", "model": model,
-            "choices": [choice], "usage": {"prompt_tokens": 7, "total_tokens": 7 + 5, "completion_tokens": 5},
+            "id": "cmpl-1",
+            "object": "chat.completion" if chat else "text_completion",
+            "model": model,
+            "choices": [choice],
+            "usage": {"prompt_tokens": 7, "total_tokens": 7 + 5, "completion_tokens": 5},
         }
         return web.json_response(payload)
 
@@ -150,18 +159,28 @@ class FakeUpstream:
         await resp.prepare(request)
         sent = bytearray()
         words = answer.split(" ")
-        pieces = [" ".join(words[i::b.chunks]) for i in range(b.chunks)] if b.chunks > 1 else [answer]
+        pieces = [" ".join(words[i :: b.chunks]) for i in range(b.chunks)] if b.chunks > 1 else [answer]
         for i, piece in enumerate(pieces):
-            event = {"id": "c1", "object": "chat.completion.chunk", "model": model,
-                     "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}], "n": i}
+            event = {
+                "id": "c1",
+                "object": "chat.completion.chunk",
+                "model": model,
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                "n": i,
+            }
             data = f"data: {json.dumps(event)}\n\n".encode()
             sent += data
             await resp.write(data)
             if b.chunk_delay_s:
                 await asyncio.sleep(b.chunk_delay_s)
         if (body.get("stream_options") or {}).get("include_usage"):
-            usage = {"id": "c1", "object": "chat.completion.chunk", "model": model, "choices": [],
-                     "usage": {"prompt_tokens": 7, "total_tokens": 7 + len(pieces), "completion_tokens": len(pieces)}}
+            usage = {
+                "id": "c1",
+                "object": "chat.completion.chunk",
+                "model": model,
+                "choices": [],
+                "usage": {"prompt_tokens": 7, "total_tokens": 7 + len(pieces), "completion_tokens": len(pieces)},
+            }
             data = f"data: {json.dumps(usage)}\n\n".encode()
             sent += data
             await resp.write(data)
@@ -193,10 +212,14 @@ def route(
 ) -> dict[str, Any]:
     """A routes-file route; `backends` is a shortcut for one default entry of (adapter, servedName, weight)."""
     if entries is None:
-        entries = [{"backends": [
-            {"adapter": a, "servedName": s, "weight": w} if a else {"servedName": s, "weight": w}
-            for a, s, w in (backends or [(None, base, 100)])
-        ]}]
+        entries = [
+            {
+                "backends": [
+                    {"adapter": a, "servedName": s, "weight": w} if a else {"servedName": s, "weight": w}
+                    for a, s, w in (backends or [(None, base, 100)])
+                ]
+            }
+        ]
     return {"model": model, "baseUrl": base_url, "baseServedModel": base, "entries": entries, **extra}
 
 
@@ -236,7 +259,11 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 10.0, interva
 
 
 async def post(
-    session: aiohttp.ClientSession, router: Router, body: Any, *, path: str = "/v1/chat/completions",
+    session: aiohttp.ClientSession,
+    router: Router,
+    body: Any,
+    *,
+    path: str = "/v1/chat/completions",
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], Any]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()

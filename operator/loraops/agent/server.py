@@ -101,8 +101,8 @@ async def metrics(request: web.Request) -> web.Response:
     return response
 
 
-def build_app(agent: Agent, *, manage_agent: bool = True) -> web.Application:
-    """The aiohttp application; with `manage_agent` it starts and stops the agent with the app."""
+def build_app(agent: Agent, *, manage_agent: bool = True, watch: bool = True) -> web.Application:
+    """The aiohttp application; with `manage_agent` it starts and stops the agent (and its watch loop)."""
     app = web.Application(middlewares=[auth])
     app[AGENT_KEY] = agent
     app.router.add_get("/v1/adapters", list_adapters)
@@ -115,7 +115,7 @@ def build_app(agent: Agent, *, manage_agent: bool = True) -> web.Application:
     if manage_agent:
 
         async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-            await agent.start()
+            await agent.start(watch=watch)
             yield
             await agent.stop()
 

@@ -128,7 +128,7 @@ class KubeClient:
                 return None
             raise
 
-    def list(self, resource: Resource, namespace: str | None, label_selector: str | None = None) -> list[Obj]:
+    def items(self, resource: Resource, namespace: str | None, label_selector: str | None = None) -> list[Obj]:
         query = {"labelSelector": label_selector} if label_selector else None
         return list(self.request("GET", resource.path(namespace), query=query).get("items", []))
 
@@ -155,8 +155,8 @@ class KubeClient:
     async def aget(self, resource: Resource, namespace: str | None, name: str) -> Obj | None:
         return await asyncio.to_thread(self.get, resource, namespace, name)
 
-    async def alist(self, resource: Resource, namespace: str | None, label_selector: str | None = None) -> list[Obj]:
-        return await asyncio.to_thread(self.list, resource, namespace, label_selector)
+    async def aitems(self, resource: Resource, namespace: str | None, label_selector: str | None = None) -> list[Obj]:
+        return await asyncio.to_thread(self.items, resource, namespace, label_selector)
 
     async def acreate(self, resource: Resource, namespace: str | None, body: Obj) -> Obj:
         return await asyncio.to_thread(self.create, resource, namespace, body)

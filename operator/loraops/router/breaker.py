@@ -85,6 +85,10 @@ class CircuitBreaker:
         self._probes_in_flight += 1
         return True
 
+    def cooldown_over(self) -> bool:
+        """Whether the next `allow` may let a probe through."""
+        return self.state is not State.OPEN or self._clock() - self._opened_at >= self.config.cooldown_s
+
     def abandon(self) -> None:
         """The request ended with no verdict (the client left): free its half-open probe slot, count nothing."""
         if self.state is State.HALF_OPEN:

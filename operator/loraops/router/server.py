@@ -424,8 +424,12 @@ class Router:
                 if not route.fallback_to_base:
                     _resolve(primary, None)
                     m.child(m.requests, route.model, selected.adapter, tenant_label, "503", "circuit_open").inc()
-                    return _error(503, _FAILURE_MESSAGE["circuit_open"], code="circuit_open",
-                                  headers={"x-loraops-adapter": selected.adapter})
+                    return _error(
+                        503,
+                        _FAILURE_MESSAGE["circuit_open"],
+                        code="circuit_open",
+                        headers={"x-loraops-adapter": selected.adapter},
+                    )
                 target, reason = route.base, "circuit_open"
 
         if reason is not None:
