@@ -122,7 +122,7 @@ class KubeClient:
     # --- typed-by-path helpers ---
     def get(self, resource: Resource, namespace: str | None, name: str) -> Obj | None:
         try:
-            return self.request("GET", resource.path(namespace, name))  # type: ignore[no-any-return]
+            return self.request("GET", resource.path(namespace, name))
         except ApiError as err:
             if err.status == 404:
                 return None
@@ -133,10 +133,10 @@ class KubeClient:
         return list(self.request("GET", resource.path(namespace), query=query).get("items", []))
 
     def create(self, resource: Resource, namespace: str | None, body: Obj) -> Obj:
-        return self.request("POST", resource.path(namespace), body)  # type: ignore[no-any-return]
+        return self.request("POST", resource.path(namespace), body)
 
     def patch(self, resource: Resource, namespace: str | None, name: str, patch: Obj, *, sub: str | None = None) -> Obj:
-        return self.request(  # type: ignore[no-any-return]
+        return self.request(
             "PATCH", resource.path(namespace, name, sub), patch, content_type="application/merge-patch+json"
         )
 
