@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pathlib
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import kubernetes
@@ -127,3 +131,40 @@ def test_delete_runs_the_finalizer_and_the_object_goes(fake_api: FakeKubeApi, ku
     assert FINALIZER in deleting[0]["metadata"]["finalizers"], "the finalizer held the object"
     assert FINALIZER not in (seen[-1][1]["metadata"].get("finalizers") or []), "the handler removed it"
     assert fake_api.get("loraadapters", NAMESPACE, "support-v1") is None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_loraops_operator_command_serves_liveness_and_metrics(fake_api: FakeKubeApi, kubectl: Kubectl) -> None:
+    liveness, metrics = free_port(), free_port()
+    command = [
+        sys.executable, "-m", "loraops.cli", "operator", "--server", fake_api.url, "--insecure",
+        "--namespace", NAMESPACE, "--liveness-port", str(liveness), "--metrics-port", str(metrics),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        kubectl("apply", "--validate=false", "-f", str(REPO / "examples"))
+        for kind in KINDS:
+            wait_for(lambda k=kind: accepted(fake_api, k.plural, example_names()[k.kind]), timeout=60)
+
+        def get(port: int, path: str) -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+                    return str(response.read().decode())
+            except OSError:
+                return None
+
+        assert wait_for(lambda: get(liveness, "/healthz") is not None, message="/healthz answers")
+        text = wait_for(lambda: get(metrics, "/metrics"), message="/metrics answers")
+        for kind in KINDS:
+            assert f'loraops_reconcile_total{{kind="{kind.kind}",result="ok"}}' in text
+            assert f'loraops_reconcile_duration_seconds_count{{kind="{kind.kind}"}}' in text
+        assert "loraops_reconcile_errors_total" in text
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert process.returncode in (0, -15), output
