@@ -91,6 +91,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     from loraops.router.cli import add_router_command
 
     commands["router"] = add_router_command(sub)
+    from loraops.devmode.cli import add_dev_command
+
+    commands["dev"] = add_dev_command(sub)
     return parser, commands
 
 
