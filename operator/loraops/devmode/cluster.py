@@ -64,9 +64,8 @@ def up(state: pathlib.Path, port: int) -> int:
         pidfile.write_text(str(os.getpid()))
         print(f"fake Kubernetes API: {cluster.api.url}")
         print(f"kubeconfig: {cluster.kubeconfig}")
-        print(
-            f"try: kubectl --kubeconfig {cluster.kubeconfig} --cache-dir {state}/kube-cache apply --validate=false -f examples/"
-        )
+        kubectl = f"kubectl --kubeconfig {cluster.kubeconfig} --cache-dir {state}/kube-cache"
+        print(f"try: {kubectl} apply --validate=false -f examples/")
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
     pidfile.unlink(missing_ok=True)
