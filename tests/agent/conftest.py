@@ -1,0 +1,206 @@
+"""Fixtures of the agent tests: a fake vLLM with fault injection, adapter folders, a running agent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from loraops.agent.client import AgentClient
+from loraops.agent.config import AgentConfig
+from loraops.agent.server import build_app
+from loraops.agent.service import Agent
+from loraops_trainer.manifest import build_manifest, hash_directory, write_manifest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class FakeVllm:
+    """vLLM's runtime LoRA API as NOTES describe it (200 plain text, 400 name taken, 404 missing path, 500 on
+    an injected failure), on a fixed port so it can be stopped and started again like a restarted server."""
+
+    port: int = field(default_factory=free_port)
+    adapters: dict[str, str] = field(default_factory=dict)
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    fail_next_load: list[int] = field(default_factory=list)
+    healthy: bool = True
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def loads(self) -> list[dict[str, Any]]:
+        return [body for path, body in self.calls if path == "load"]
+
+    def app(self) -> web.Application:
+        async def health(_: web.Request) -> web.Response:
+            return web.Response(status=200 if self.healthy else 503)
+
+        async def models(_: web.Request) -> web.Response:
+            data = [{"id": "base", "root": "/models/base", "parent": None}]
+            data += [{"id": name, "root": path, "parent": "base"} for name, path in self.adapters.items()]
+            return web.json_response({"object": "list", "data": data})
+
+        async def load(request: web.Request) -> web.Response:
+            body = await request.json()
+            self.calls.append(("load", body))
+            if self.fail_next_load:
+                return web.Response(status=self.fail_next_load.pop(0), text="injected failure")
+            name, path = body["lora_name"], body["lora_path"]
+            if name in self.adapters and not body.get("load_inplace"):
+                return web.Response(status=400, text=f"The lora adapter '{name}' has already been loaded.")
+            if not pathlib.Path(path, "adapter_config.json").is_file():
+                return web.Response(status=404, text=f"No adapter found for {path}")
+            self.adapters[name] = path
+            return web.Response(status=200, text=f"Success: LoRA adapter '{name}' added successfully.")
+
+        async def unload(request: web.Request) -> web.Response:
+            body = await request.json()
+            self.calls.append(("unload", body))
+            if self.adapters.pop(body["lora_name"], None) is None:
+                return web.Response(status=404, text="not found")
+            return web.Response(status=200, text="Success")
+
+        app = web.Application()
+        app.router.add_get("/health", health)
+        app.router.add_get("/v1/models", models)
+        app.router.add_post("/v1/load_lora_adapter", load)
+        app.router.add_post("/v1/unload_lora_adapter", unload)
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app())
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def restart(self) -> None:
+        """A restarted vLLM: same address, no runtime adapters."""
+        await self.stop()
+        self.adapters.clear()
+        await self.start()
+
+
+def make_adapter(
+    root: pathlib.Path, *, manifest: bool = True, seed: int = 0, weights_size: int = 4096
+) -> tuple[pathlib.Path, str]:
+    """A PEFT-shaped folder (config + weights, optionally the loraops manifest); returns (folder, digest)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}),
+        encoding="utf-8",
+    )
+    (root / "adapter_model.safetensors").write_bytes(bytes((seed + i) % 256 for i in range(weights_size)))
+    if manifest:
+        write_manifest(root, build_manifest(root, kind="adapter", merge_state="unmerged"))
+    digest, _ = hash_directory(root)
+    return root, digest
+
+
+def tree(root: pathlib.Path) -> list[str]:
+    """Every entry under root (relative), to show what a failure left behind."""
+    if not root.exists():
+        return []
+    return sorted(os.path.relpath(os.path.join(d, n), root) for d, ds, fs in os.walk(root) for n in [*ds, *fs])
+
+
+@pytest_asyncio.fixture
+async def fake_vllm() -> AsyncIterator[FakeVllm]:
+    fake = FakeVllm()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@dataclass
+class Running:
+    agent: Agent
+    client: AgentClient
+    url: str
+    config: AgentConfig
+
+
+AgentFactory = Callable[..., Awaitable[Running]]
+
+
+@pytest_asyncio.fixture
+async def start_agent(tmp_path: pathlib.Path, fake_vllm: FakeVllm) -> AsyncIterator[AgentFactory]:
+    """Start an agent in front of the fake vLLM; keyword arguments override AgentConfig fields."""
+    servers: list[TestServer] = []
+    clients: list[AgentClient] = []
+
+    async def start(*, watch: bool = False, token: str | None = None, **overrides: Any) -> Running:
+        options: dict[str, Any] = {
+            "adapters_dir": tmp_path / "adapters",
+            "vllm_url": fake_vllm.url,
+            "pvc_root": tmp_path / "pvc",
+            "watch_interval": 0.05,
+            "vllm_timeout": 5.0,
+            "token": token,
+        }
+        options.update(overrides)
+        config = AgentConfig(**options)
+        agent = Agent(config)
+        server = TestServer(build_app(agent, watch=watch), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        url = str(server.make_url("")).rstrip("/")
+        client = AgentClient(url, token=token)
+        clients.append(client)
+        return Running(agent=agent, client=client, url=url, config=config)
+
+    yield start
+    for client in clients:
+        await client.close()
+    for server in servers:
+        await server.close()
+
+
+async def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Wait for a condition the agent reaches on its own (its watch loop); fails with `what` if it never does."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def adapter(tmp_path: pathlib.Path) -> tuple[pathlib.Path, str]:
+    return make_adapter(tmp_path / "src" / "support-v1")
+
+
+# Helpers reach the test modules as fixtures: test files are imported by path, not as a package.
+@pytest.fixture
+def new_adapter() -> Callable[..., tuple[pathlib.Path, str]]:
+    return make_adapter
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., Awaitable[None]]:
+    return eventually
+
+
+@pytest.fixture
+def list_tree() -> Callable[[pathlib.Path], list[str]]:
+    return tree
