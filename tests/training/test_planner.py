@@ -49,12 +49,23 @@ def test_one_gpu_is_a_plain_job_running_the_trainer(examples: dict[str, Any]) ->
     assert container["image"] == "registry.example/loraops-trainer:1.0"
 
 
-def test_four_gpus_run_torchrun_with_four_processes(examples: dict[str, Any]) -> None:
+def test_four_gpus_run_four_worker_processes(examples: dict[str, Any]) -> None:
     container = container_of(by_kind(render(OWNER, spec_from(examples["LoraTraining"], gpusPerNode=4), CONFIG))["Job"])
     command = container["command"]
-    assert command[:3] == ["torchrun", "--nproc-per-node=4", "--standalone"]
-    assert command[3:6] == ["-m", "loraops_trainer", "train"]
+    assert command[:4] == ["python", "-m", "loraops_trainer", "train"]
+    assert "--nproc-per-node=4" in command and not any(a.startswith("--nnodes") for a in command)
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+
+
+def test_rendered_launch_arguments_are_ones_the_trainer_accepts(examples: dict[str, Any]) -> None:
+    from loraops_trainer.cli import build_parser
+
+    command = container_of(
+        by_kind(render(OWNER, spec_from(examples["LoraTraining"], nodes=3, gpusPerNode=2), CONFIG))["Job"]
+    )["command"]
+    args = build_parser().parse_args([a.replace("$(JOB_COMPLETION_INDEX)", "2") for a in command[3:]])
+    assert (args.nnodes, args.nproc_per_node, args.node_rank, args.master_port) == (3, 2, 2, 29400)
+    assert args.master_addr == f"{names_for('support-v2').job}-0.{names_for('support-v2').service}"
 
 
 def test_two_nodes_are_an_indexed_job_with_rendezvous_at_pod_zero(examples: dict[str, Any]) -> None:
@@ -69,8 +80,7 @@ def test_two_nodes_are_an_indexed_job_with_rendezvous_at_pod_zero(examples: dict
     command = container_of(job)["command"]
     assert "--nnodes=2" in command and "--nproc-per-node=8" in command
     assert "--node-rank=$(JOB_COMPLETION_INDEX)" in command
-    assert f"--rdzv-endpoint={names.job}-0.{names.service}:29400" in command
-    assert "--rdzv-backend=c10d" in command and f"--rdzv-id={OWNER.uid}" in command
+    assert f"--master-addr={names.job}-0.{names.service}" in command and "--master-port=29400" in command
     env = {e["name"]: e for e in container_of(job)["env"]}
     assert "job-completion-index" in env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
     # One failed pod must not leave its rank doubled while a replacement starts.

@@ -1,9 +1,9 @@
 """LoraTraining planner, part one: the objects a training needs (pure; spec + config → manifests).
 
 - a ConfigMap with the trainer's config (the spec, rendered for the pod's file system),
-- one Job (one pod; `torchrun --nproc-per-node N` when N > 1 GPUs), or, for several nodes, an Indexed Job
-  with completions = parallelism = nodes and a headless Service so the pods find pod 0 for the c10d
-  rendezvous.
+- one Job (one pod; N worker processes under torch's elastic launcher when N > 1 GPUs), or, for several
+  nodes, an Indexed Job with completions = parallelism = nodes and a headless Service so the pods find
+  pod 0 (the rendezvous host) by its stable DNS name.
 """
 
 from __future__ import annotations
@@ -89,24 +89,22 @@ def _secret_env(refs: list[SecretReference]) -> list[dict[str, Any]]:
     return list(env.values())
 
 
-def trainer_command(spec: LoraTrainingSpec, names: TrainingNames, rendezvous_id: str) -> list[str]:
-    train = ["train", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]
+def trainer_command(spec: LoraTrainingSpec, names: TrainingNames) -> list[str]:
+    """The trainer's own launcher, not the `torchrun` CLI: both run torch's elastic agent, but torchrun turns
+    every worker failure into exit code 1, and the Job's podFailurePolicy needs the trainer's codes to tell a
+    config error (no retry) from a crash (retry, resume from the checkpoint)."""
+    command = ["python", "-m", "loraops_trainer", "train", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]
     nodes, gpus = spec.resources.nodes, spec.resources.gpus_per_node
-    if nodes == 1 and gpus <= 1:
-        return ["python", "-m", "loraops_trainer", *train]
-    command = ["torchrun", f"--nproc-per-node={max(gpus, 1)}"]
+    if gpus > 1 or nodes > 1:
+        command.append(f"--nproc-per-node={max(gpus, 1)}")
     if nodes > 1:
         command += [
             f"--nnodes={nodes}",
             "--node-rank=$(JOB_COMPLETION_INDEX)",
-            "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={names.job}-0.{names.service}:{RENDEZVOUS_PORT}",
-            f"--rdzv-id={rendezvous_id}",
-            "--max-restarts=0",  # the Job retries the whole attempt; elastic restarts would split it
+            f"--master-addr={names.job}-0.{names.service}",
+            f"--master-port={RENDEZVOUS_PORT}",
         ]
-    else:
-        command += ["--standalone"]
-    return [*command, "-m", "loraops_trainer", *train]
+    return command
 
 
 def _resources(spec: LoraTrainingSpec) -> dict[str, Any]:
@@ -198,7 +196,7 @@ def _job(
         "name": CONTAINER,
         "image": spec.image or config.trainer_image,
         "imagePullPolicy": "IfNotPresent",
-        "command": trainer_command(spec, names, owner.uid),
+        "command": trainer_command(spec, names),
         "env": env,
         "volumeMounts": mounts,
         "terminationMessagePath": "/dev/termination-log",
