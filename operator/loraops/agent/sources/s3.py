@@ -38,7 +38,9 @@ def make_client(credentials: Mapping[str, str]) -> Any:
         options["aws_access_key_id"] = credentials["AWS_ACCESS_KEY_ID"]
         options["aws_secret_access_key"] = credentials.get("AWS_SECRET_ACCESS_KEY")
         options["aws_session_token"] = credentials.get("AWS_SESSION_TOKEN")
-    return boto3.client("s3", **options)
+    # A fresh session per fetch: boto3's default session caches the first credentials it resolved, which would
+    # outlive a rotated Secret or environment.
+    return boto3.session.Session().client("s3", **options)
 
 
 def _translate(error: Exception, uri: str) -> Exception:
