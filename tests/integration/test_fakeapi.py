@@ -166,6 +166,11 @@ def test_metadata_generation_and_status_isolation(api: FakeKubeApi) -> None:
     same = call(api, "PATCH", f"{WIDGETS}/gen", {"spec": {"size": 2}}, "application/merge-patch+json")[1]
     assert same["metadata"]["resourceVersion"] == rv, "a no-op patch must not bump resourceVersion"
     assert watch(api, f"{WIDGETS}?watch=true&resourceVersion={rv}&timeoutSeconds=1") == []
+    replayed = watch(
+        api, f"{WIDGETS}?watch=true&resourceVersion={rv0}&timeoutSeconds=1&fieldSelector=metadata.name%3Dgen"
+    )
+    versions = [int(e["object"]["metadata"]["resourceVersion"]) for e in replayed]
+    assert len(versions) == 3 and versions == sorted(set(versions)), "each event keeps its own resourceVersion"
 
 
 def test_generate_name_retries_on_clash(api: FakeKubeApi, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -365,6 +370,51 @@ def test_table_uses_printer_columns(api: FakeKubeApi) -> None:
     assert [c["name"] for c in pods["columnDefinitions"]] == ["Name", "Age"]
 
 
+@pytest.mark.parametrize(
+    ("collection", "kind"),
+    [
+        ("/api/v1/namespaces/builtins/pods", "Pod"),
+        ("/api/v1/namespaces/builtins/services", "Service"),
+        ("/api/v1/namespaces/builtins/endpoints", "Endpoints"),
+        ("/api/v1/namespaces/builtins/configmaps", "ConfigMap"),
+        ("/api/v1/namespaces/builtins/secrets", "Secret"),
+        ("/api/v1/namespaces/builtins/events", "Event"),
+        ("/api/v1/namespaces/builtins/serviceaccounts", "ServiceAccount"),
+        ("/apis/apps/v1/namespaces/builtins/deployments", "Deployment"),
+        ("/apis/discovery.k8s.io/v1/namespaces/builtins/endpointslices", "EndpointSlice"),
+        ("/apis/batch/v1/namespaces/builtins/jobs", "Job"),
+        ("/apis/coordination.k8s.io/v1/namespaces/builtins/leases", "Lease"),
+    ],
+)
+def test_builtin_resources_are_served(api: FakeKubeApi, collection: str, kind: str) -> None:
+    status, created = call(api, "POST", collection, {"metadata": {"name": "one"}, "spec": {}})
+    assert status == 201 and created["kind"] == kind and created["metadata"]["namespace"] == "builtins"
+    listing = call(api, "GET", collection)[1]
+    assert listing["kind"] == f"{kind}List" and [o["metadata"]["name"] for o in listing["items"]] == ["one"]
+
+
+def test_builtin_status_subresources_and_secret_string_data(api: FakeKubeApi) -> None:
+    jobs = "/apis/batch/v1/namespaces/status-iso/jobs"
+    call(api, "POST", jobs, {"metadata": {"name": "j"}, "spec": {"completions": 1}})
+    status = {"status": {"succeeded": 1}}
+    assert call(api, "PATCH", f"{jobs}/j", status, "application/merge-patch+json")[1].get("status") is None
+    assert call(api, "PATCH", f"{jobs}/j/status", status, "application/merge-patch+json")[1]["status"] == {
+        "succeeded": 1
+    }
+    secret = {"metadata": {"name": "s"}, "stringData": {"token": "abc"}}
+    stored = call(api, "POST", "/api/v1/namespaces/status-iso/secrets", secret)[1]
+    assert stored["data"] == {"token": "YWJj"} and "stringData" not in stored
+
+
+def test_deleting_a_namespace_deletes_its_objects(api: FakeKubeApi) -> None:
+    api.ensure_namespace("doomed")
+    api.create("configmaps", {"metadata": {"name": "inside"}}, "doomed")
+    api.create("widgets", widget("kept-elsewhere"), "default")
+    api.delete("namespaces", None, "doomed")
+    wait_for(lambda: api.get("configmaps", "doomed", "inside") is None, "the namespace's objects to go")
+    assert api.get("widgets", "default", "kept-elsewhere") is not None
+
+
 def test_pod_logs(api: FakeKubeApi) -> None:
     api.create("pods", {"metadata": {"name": "trainer-0"}, "spec": {"containers": [{"name": "t", "image": "x"}]}})
     api.set_pod_log("default", "trainer-0", "step 1\nstep 2\n")
@@ -508,8 +558,9 @@ def lifecycle_registry(log: list[str]) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.create("example.com", "v1", "widgets", registry=registry, backoff=0.1)
-    def created(name: str, patch: kopf.Patch, **_: Any) -> None:
+    def created(name: str, body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         log.append(f"create {name}")
+        kopf.info(body, reason="Created", message="seen by the test operator")  # posted if enabled
         patch.status["phase"] = "Created"
 
     @kopf.on.update("example.com", "v1", "widgets", registry=registry, field="spec", backoff=0.1)
@@ -524,36 +575,51 @@ def lifecycle_registry(log: list[str]) -> kopf.OperatorRegistry:
     return registry
 
 
-def test_kopf_lifecycle_with_finalizer_and_faults(api: FakeKubeApi) -> None:
-    api.ensure_namespace("kopf")
+@pytest.mark.parametrize("variant", ["namespaced", "clusterwide-initial-streaming-events"])
+def test_kopf_lifecycle_with_finalizer_and_faults(variant: str) -> None:
+    clusterwide = variant != "namespaced"
+
+    def tweak(settings: kopf.OperatorSettings) -> None:
+        settings.watching.initial_streaming = clusterwide
+        settings.posting.enabled = clusterwide  # kopf's Events use generateName
+
     log: list[str] = []
-    with OperatorThread(api.url, registry=lifecycle_registry(log), namespaces=["kopf"]):
-        api.create("widgets", widget("life", size=1), "kopf")
+    with FakeKubeApi([CRD]) as api:
+        api.ensure_namespace("kopf")
         api.create("widgets", widget("elsewhere", size=1), "default")
-        wait_for(
-            lambda: (api.get("widgets", "kopf", "life") or {}).get("status", {}).get("phase") == "Created",
-            "the create handler's status",
-        )
-        obj = api.get("widgets", "kopf", "life")
-        assert obj is not None and obj["metadata"]["finalizers"] == ["kopf.zalando.org/KopfFinalizerMarker"]
+        scope: dict[str, Any] = {"clusterwide": True} if clusterwide else {"namespaces": ["kopf"]}
+        with OperatorThread(api.url, registry=lifecycle_registry(log), settings=tweak, **scope):
+            api.create("widgets", widget("life", size=1), "kopf")
+            wait_for(
+                lambda: (api.get("widgets", "kopf", "life") or {}).get("status", {}).get("phase") == "Created",
+                "the create handler's status",
+            )
+            obj = api.get("widgets", "kopf", "life")
+            assert obj is not None and obj["metadata"]["finalizers"] == ["kopf.zalando.org/KopfFinalizerMarker"]
 
-        # kopf retries 5xx answers; a 409 on a patch without resourceVersion (which no real apiserver gives)
-        # would only be throttled until the next event, so it is not injected here.
-        failures = [
-            api.inject_fault("PATCH", r"/namespaces/kopf/widgets/life$", status=500, count=1),
-            api.inject_fault("PATCH", r"/namespaces/kopf/widgets/life/status$", status=503, count=2),
-        ]
-        api.patch("widgets", "kopf", "life", {"spec": {"size": 2}})
-        wait_for(
-            lambda: (api.get("widgets", "kopf", "life") or {}).get("status", {}).get("observedSize") == 2,
-            "the update handler's status despite injected 5xx answers",
-        )
-        assert [f.hits for f in failures] == [1, 2]
+            # kopf retries 5xx answers; a 409 on a patch without resourceVersion (which no real apiserver
+            # gives) would only be throttled until the next event, so it is not injected here.
+            failures = [
+                api.inject_fault("PATCH", r"/namespaces/kopf/widgets/life$", status=500, count=1),
+                api.inject_fault("PATCH", r"/namespaces/kopf/widgets/life/status$", status=503, count=2),
+            ]
+            api.patch("widgets", "kopf", "life", {"spec": {"size": 2}})
+            wait_for(
+                lambda: (api.get("widgets", "kopf", "life") or {}).get("status", {}).get("observedSize") == 2,
+                "the update handler's status despite injected 5xx answers",
+            )
+            assert [f.hits for f in failures] == [1, 2]
 
-        api.delete("widgets", "kopf", "life")
-        wait_for(lambda: api.get("widgets", "kopf", "life") is None, "deletion after the finalizer is released")
-    assert log == ["create life", "update life 2", "delete life"]
-    assert "status" not in (api.get("widgets", "default", "elsewhere") or {}), "outside the served namespace"
+            api.delete("widgets", "kopf", "life")
+            wait_for(lambda: api.get("widgets", "kopf", "life") is None, "deletion after the finalizer is released")
+            if clusterwide:
+                events = wait_for(lambda: api.list("events", "kopf"), "kopf's Events")
+                assert [e["reason"] for e in events] == ["Created"]
+                assert events[0]["metadata"]["name"].startswith("kopf-event-")
+                assert events[0]["involvedObject"]["name"] == "life"
+        elsewhere = api.get("widgets", "default", "elsewhere") or {}
+    assert [line for line in log if "life" in line] == ["create life", "update life 2", "delete life"]
+    assert ("status" in elsewhere) == clusterwide, "only served namespaces are handled"
 
 
 def test_kopf_reconciles_500_objects(api: FakeKubeApi) -> None:

@@ -149,6 +149,8 @@ class KubeShim(kmock.KubernetesEmulator):
         if gone:
             if key in self.objects:
                 del self.objects[key]
+            if rdef.key == ("", "pods"):
+                self.pod_logs.pop((meta.get("namespace") or "", meta["name"]), None)
         elif key not in self.objects:
             self.objects[key] = obj
         else:

@@ -6,6 +6,7 @@ to watchers: a watch that snapshots and subscribes in one step can neither miss 
 
 from __future__ import annotations
 
+import base64
 import collections
 import copy
 import secrets
@@ -71,6 +72,13 @@ def resource_defs_from_crd(crd: Mapping[str, Any]) -> ResourceDef:
         subresources={s for v in served for s in (v.get("subresources") or {})},
         columns={v["name"]: list(v.get("additionalPrinterColumns") or []) for v in served},
     )
+
+
+def _fold_string_data(rdef: ResourceDef, obj: Obj) -> None:
+    # Secrets accept write-only `stringData`; the apiserver stores it base64-encoded under `data`.
+    if rdef.key == ("", "secrets") and isinstance(obj.get("stringData"), Mapping):
+        encoded = {k: base64.b64encode(str(v).encode()).decode() for k, v in obj.pop("stringData").items()}
+        obj["data"] = {**(obj.get("data") or {}), **encoded}
 
 
 class Store:
@@ -185,6 +193,7 @@ class Store:
         else:
             ns = None
             meta.pop("namespace", None)
+        _fold_string_data(rdef, obj)
         if "status" in rdef.subresources and not seed_status:
             obj.pop("status", None)  # the main endpoint never writes status once it is a subresource
         if not meta.get("name"):
@@ -249,6 +258,7 @@ class Store:
         if subresource == "status":
             # Only status moves through /status; everything else stays as stored.
             new = {k: v for k, v in old.items() if k != "status"}
+            new["metadata"] = dict(old["metadata"])  # the stored version stays untouched by the bump below
             if candidate.get("status") is not None:
                 new["status"] = candidate["status"]
         else:
@@ -259,6 +269,7 @@ class Store:
                     new_meta[key] = old["metadata"][key]
                 else:
                     new_meta.pop(key, None)
+            _fold_string_data(rdef, new)
             if isolated:
                 new.pop("status", None)
                 if "status" in old:
@@ -353,6 +364,15 @@ class Store:
         uid = obj["metadata"]["uid"]
         if not orphan and uid in self.dependents:
             self.defer(lambda: self.collect_garbage(uid))
+        if rdef.key == ("", "namespaces"):
+            self.defer(lambda: self.empty_namespace(okey[1]))
+
+    def empty_namespace(self, namespace: str) -> None:
+        """What the namespace controller does, minus the Terminating phase: delete everything inside."""
+        for rdef in list(self.defs.values()):
+            if rdef.namespaced:
+                for ns, name in [k for k in self.objects[rdef.key] if k[0] == namespace]:
+                    self.delete(rdef, ns, name)
 
     def collect_garbage(self, owner_uid: str) -> None:
         """Background cascade: delete dependents whose owners are all gone (their finalizers still hold)."""
