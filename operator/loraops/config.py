@@ -14,6 +14,8 @@ class OperatorConfig(BaseModel):
     clusterwide: bool = False
     resync_seconds: float = 300.0
     """Status is recomputed at least this often, so a lost status write heals itself."""
+    progress_seconds: float = 15.0
+    """How often a running training's log is read for progress."""
     retry_seconds: float = 5.0
     """Backoff before a failed handler runs again."""
     liveness_port: int | None = 8080

@@ -106,17 +106,21 @@ class KubeClient:
             try:
                 response = self.api.call_api(*params)
                 response.read()
+            except ApiException as err:  # transport-level failures surface here
+                status, error = int(err.status or 0), _api_error(int(err.status or 0), err.reason, err.body)
+            else:
                 data = response.data
-                if raw:
-                    return data.decode() if isinstance(data, bytes) else data
-                return json.loads(data) if data else None
-            except ApiException as err:
-                status = int(err.status or 0)
-                error = _api_error(err)
-                if status not in RETRIABLE or attempt == self.attempts or (status == 409 and method == "POST"):
-                    raise error from err
-                log.debug("retrying %s %s after %s", method, path, error)
-                time.sleep(min(0.1 * 2**attempt, 2.0) * (0.5 + random.random()))
+                status = int(response.status)
+                if status < 400:
+                    if raw:
+                        return data.decode() if isinstance(data, bytes) else data
+                    return json.loads(data) if data else None
+                # The generated client raises only when deserialising: check the status here.
+                error = _api_error(status, str(response.reason), data)
+            if status not in RETRIABLE or attempt == self.attempts or (status == 409 and method == "POST"):
+                raise error
+            log.debug("retrying %s %s after %s", method, path, error)
+            time.sleep(min(0.1 * 2**attempt, 2.0) * (0.5 + random.random()))
         raise AssertionError("unreachable")
 
     # --- typed-by-path helpers ---
@@ -175,9 +179,11 @@ class KubeClient:
         return await asyncio.to_thread(self.pod_log, namespace, pod, container, tail_lines)
 
 
-def _api_error(err: ApiException) -> ApiError:
+def _api_error(status: int, reason: str | None, body: bytes | str | None) -> ApiError:
     try:
-        body = json.loads(err.body or "{}")
+        payload = json.loads(body or "{}")
     except (TypeError, ValueError):
-        body = {}
-    return ApiError(int(err.status or 0), str(body.get("reason") or err.reason), str(body.get("message") or err.body))
+        payload = {}
+    if not isinstance(payload, dict):
+        payload = {}
+    return ApiError(status, str(payload.get("reason") or reason), str(payload.get("message") or body))

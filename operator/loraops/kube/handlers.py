@@ -1,24 +1,28 @@
-"""The kopf shell every kind shares: a level-triggered status reconcile and a finalizer.
+"""The kopf shell every kind shares: a level-triggered reconcile and a finalizer.
 
 kopf records a handler as done before its status write lands (FAKE_API.md: "a lost status write is lost
 for good"), so status is never only a handler's one-time result: the same reconcile runs on create, update,
-resume and on a slow timer, recomputes status from what it observes, and patches only what differs.
+resume and on a slow timer, recomputes status from what it observes, and patches only what differs. Status
+is written by the controller's own client, not through kopf's `patch`: a failed write raises, and kopf
+retries the handler instead of recording it as done.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 from loraops.api.kinds import Kind
+from loraops.config import OperatorConfig
 
+from .acceptance import plan_acceptance
 from .client import KubeClient, Resource
 from .metrics import instrumented
 
-StatusPlanner = Callable[[Kind, dict[str, Any], int | None, dict[str, Any] | None, datetime], dict[str, Any]]
+Reconcile = Callable[[kopf.Body, kopf.Logger], Awaitable[None]]
 
 
 def status_patch(current: dict[str, Any] | None, desired: dict[str, Any]) -> dict[str, Any]:
@@ -33,44 +37,63 @@ def kind_resource(kind: Kind) -> Resource:
     return Resource(kind.group, kind.version, kind.plural)
 
 
-def register_status_reconciler(
+async def write_status(
+    client: KubeClient, kind: Kind, body: kopf.Body | dict[str, Any], desired: dict[str, Any]
+) -> dict[str, Any]:
+    """Patch the status keys that differ from `desired`; returns the patch (empty: nothing written)."""
+    changes = status_patch(dict(body.get("status") or {}), desired)
+    if changes:
+        meta = body["metadata"]
+        await client.apatch(kind_resource(kind), meta.get("namespace"), meta["name"], {"status": changes}, sub="status")
+    return changes
+
+
+def acceptance_reconciler(kind: Kind, client: KubeClient) -> Reconcile:
+    """The reconcile of a kind whose controller only reports acceptance so far."""
+
+    async def reconcile(body: kopf.Body, logger: kopf.Logger) -> None:
+        meta = body["metadata"]
+        desired = plan_acceptance(
+            kind, dict(body.get("spec") or {}), meta.get("generation"), body.get("status"), datetime.now(UTC)
+        )
+        if changes := await write_status(client, kind, body, desired):
+            logger.debug("status of %s changes: %s", kind.kind, sorted(changes))
+
+    return reconcile
+
+
+def register_reconciler(
     registry: kopf.OperatorRegistry,
     kind: Kind,
-    plan: StatusPlanner,
-    client: KubeClient,
-    resync_seconds: float,
-    retry_seconds: float,
+    reconcile: Reconcile,
+    config: OperatorConfig,
+    finalize: Reconcile | None = None,
 ) -> None:
     resource = (kind.group, kind.version, kind.plural)
-    api_resource = kind_resource(kind)
 
     @instrumented(kind.kind)
-    async def reconcile(
-        spec: kopf.Spec,
-        status: kopf.Status,
-        meta: kopf.Meta,
-        logger: kopf.Logger,
-        **_: Any,
-    ) -> None:
-        desired = plan(kind, dict(spec), meta.get("generation"), dict(status), datetime.now(UTC))
-        changes = status_patch(dict(status), desired)
-        if changes:
-            # Written here, not through kopf's `patch`: a failed write raises, so kopf retries the handler
-            # instead of recording it as done with its status lost.
-            await client.apatch(api_resource, meta.get("namespace"), meta["name"], {"status": changes}, sub="status")
-            logger.debug("status of %s changes: %s", kind.kind, sorted(changes))
+    async def on_change(*, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+        await reconcile(body, logger)
 
     for decorator, handler_id in (
         (kopf.on.create, "reconcile-create"),
         (kopf.on.update, "reconcile-update"),
         (kopf.on.resume, "reconcile-resume"),
     ):
-        decorator(*resource, registry=registry, id=handler_id, backoff=retry_seconds)(reconcile)
+        decorator(*resource, registry=registry, id=handler_id, backoff=config.retry_seconds)(on_change)
     kopf.timer(
-        *resource, registry=registry, id="resync", interval=resync_seconds, idle=resync_seconds, backoff=retry_seconds
-    )(reconcile)
+        *resource,
+        registry=registry,
+        id="resync",
+        interval=config.resync_seconds,
+        idle=config.resync_seconds,
+        backoff=config.retry_seconds,
+    )(on_change)
 
-    async def finalize(*, meta: kopf.Meta, logger: kopf.Logger, **_: Any) -> None:
-        logger.info("%s %s/%s deleted; releasing it", kind.kind, meta.get("namespace"), meta.get("name"))
+    @instrumented(kind.kind)
+    async def on_delete(*, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+        if finalize is not None:
+            await finalize(body, logger)
+        logger.info("%s %s/%s released", kind.kind, body["metadata"].get("namespace"), body["metadata"]["name"])
 
-    kopf.on.delete(*resource, registry=registry, id="finalize")(instrumented(kind.kind)(finalize))
+    kopf.on.delete(*resource, registry=registry, id="finalize", backoff=config.retry_seconds)(on_delete)

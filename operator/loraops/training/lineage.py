@@ -1,0 +1,53 @@
+"""The LoraAdapter a succeeded training hands its output to (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loraops.api.common import API_VERSION
+from loraops.api.training import LoraTrainingSpec
+
+from .planner import TRAINING_LABEL
+
+
+def adapter_from_template(training: str, namespace: str, spec: LoraTrainingSpec) -> dict[str, Any]:
+    """A LoraAdapter whose `source.trainingRef` names the training. Labelled with the lineage, not owned:
+    deleting a training must never delete an adapter that may be serving traffic."""
+    template = spec.adapter_template
+    if template is None:
+        raise ValueError("the training has no adapterTemplate")
+    lora: dict[str, Any] = {
+        "rank": spec.lora.rank,
+        "alpha": spec.lora.alpha,
+        "targetModules": list(spec.lora.target_modules),
+        "method": spec.method,
+    }
+    adapter_spec: dict[str, Any] = {
+        "baseModel": spec.base_model.name,
+        "source": {"trainingRef": {"name": training}},
+        "lora": lora,
+        "release": {
+            "version": template.release_version or f"0.0.0-{training}",
+            "datasetVersion": spec.dataset.version,
+            "mergeState": "unmerged",
+            **({"promptVersion": template.prompt_version} if template.prompt_version else {}),
+        },
+        "provenance": {
+            "owner": template.owner or f"namespace/{namespace}",
+            "license": template.license or "unspecified",
+            "dataSources": [spec.dataset.uri],
+        },
+        "serving": template.serving.wire(),
+    }
+    if template.tenants:
+        adapter_spec["tenants"] = list(template.tenants)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "LoraAdapter",
+        "metadata": {
+            "name": template.name or training,
+            "namespace": namespace,
+            "labels": {TRAINING_LABEL: training, "app.kubernetes.io/managed-by": "loraops"},
+        },
+        "spec": adapter_spec,
+    }
