@@ -38,6 +38,10 @@ class Event:
     message: str
 
 
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
 def _job_condition(job: Obj | None, type_: str) -> Obj | None:
     for condition in ((job or {}).get("status") or {}).get("conditions") or []:
         if condition.get("type") == type_ and condition.get("status") == "True":
@@ -173,7 +177,7 @@ def plan_status(
     output = status.output
     completion_time = status.completion_time
     job_status = (job or {}).get("status") or {}
-    start_time = job_status.get("startTime") or status.start_time
+    start_time = _time(job_status.get("startTime")) or status.start_time
     complete, failed = _job_condition(job, "Complete"), _job_condition(job, "Failed")
 
     if job is None:
@@ -192,7 +196,7 @@ def plan_status(
             condition("Succeeded", "False", "OutputMissing", message, "Warning")
         if progress and progress.total_steps:
             progress = progress.model_copy(update={"step": progress.total_steps, "percent": 100, "eta_seconds": 0.0})
-        completion_time = job_status.get("completionTime") or completion_time or now
+        completion_time = _time(job_status.get("completionTime")) or completion_time or now
         condition("Running", "False", "Completed", "the Job completed")
     elif failed:
         phase = "Failed"
