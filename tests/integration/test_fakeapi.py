@@ -17,7 +17,7 @@ import kubernetes
 import pytest
 
 from loraops.devmode import kstore
-from loraops.devmode.apiserver import FakeKubeApi, load_crd_documents
+from loraops.devmode.apiserver import FakeKubeApi, load_crd_documents, serve
 from loraops.devmode.kopfrunner import OperatorThread
 
 pytestmark = pytest.mark.fakeapi
@@ -460,6 +460,24 @@ def test_request_log_and_history_are_bounded() -> None:
         assert ("example.com/v1/widgets", "default", "busy") not in [
             (f"{r.group}/{r.version}/{r.plural}", ns, n) for r, ns, n in api.kmock.objects
         ]
+
+
+def test_serve_runs_until_stopped_and_writes_a_kubeconfig(tmp_path: pathlib.Path) -> None:
+    kubeconfig, stop = tmp_path / "dev" / "kubeconfig", threading.Event()
+    server = threading.Thread(
+        target=serve, kwargs={"kubeconfig": kubeconfig, "stop": stop, "crd_dirs": [REPO / "crds"]}
+    )
+    server.start()
+    try:
+        wait_for(kubeconfig.exists, "the kubeconfig")
+        client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+        groups = {g.name for g in kubernetes.client.ApisApi(client).get_api_versions().groups}
+        client.close()
+        assert "loraops.io" in groups
+    finally:
+        stop.set()
+        server.join(10)
+    assert not server.is_alive()
 
 
 # --- clients: python kubernetes client and kubectl ---------------------------------------------------
