@@ -18,7 +18,7 @@ import yaml
 from loraops.api import KINDS
 from loraops.config import FINALIZER
 from loraops.devmode.apiserver import FakeKubeApi
-from tests.integration.conftest import NAMESPACE, REPO
+from tests.conftest import NAMESPACE, REPO
 from tests.support import Kubectl, wait_for
 
 pytestmark = pytest.mark.operator
