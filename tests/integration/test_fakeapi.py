@@ -18,7 +18,7 @@ import pytest
 
 from loraops.devmode import kstore
 from loraops.devmode.apiserver import FakeKubeApi, load_crd_documents, serve
-from loraops.devmode.kopfrunner import OperatorThread
+from loraops.devmode.kopfrunner import OperatorThread, load_registry
 
 pytestmark = pytest.mark.fakeapi
 
@@ -638,6 +638,38 @@ def test_kopf_lifecycle_with_finalizer_and_faults(variant: str) -> None:
         elsewhere = api.get("widgets", "default", "elsewhere") or {}
     assert [line for line in log if "life" in line] == ["create life", "update life 2", "delete life"]
     assert ("status" in elsewhere) == clusterwide, "only served namespaces are handled"
+
+
+def test_kopf_runner_imports_modules_into_fresh_registries(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "fake_api_handlers.py").write_text(
+        "import kopf\n\n"
+        "@kopf.on.create('example.com', 'v1', 'widgets')\n"
+        "def created(patch, **_):\n"
+        "    patch.status['phase'] = 'FromModule'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first, second = load_registry(["fake_api_handlers"]), load_registry(["fake_api_handlers"])
+    assert len(first._changing.get_all_handlers()) == len(second._changing.get_all_handlers()) == 1
+    assert not kopf.get_default_registry()._changing.get_all_handlers(), "the default registry stays clean"
+    with FakeKubeApi([CRD]) as api, OperatorThread(api.url, modules=["fake_api_handlers"], clusterwide=True):
+        api.create("widgets", widget("mod"), "default")
+        wait_for(
+            lambda: (api.get("widgets", "default", "mod") or {}).get("status", {}).get("phase") == "FromModule",
+            "the module's handler",
+        )
+
+
+def test_kopf_runner_refuses_a_registry_with_its_own_login() -> None:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def elsewhere(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server="https://a-real-cluster.example.com")
+
+    with pytest.raises(ValueError, match="login"):
+        OperatorThread("http://127.0.0.1:1", registry=registry, clusterwide=True).start()
 
 
 def test_kopf_reconciles_500_objects(api: FakeKubeApi) -> None:

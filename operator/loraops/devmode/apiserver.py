@@ -605,6 +605,7 @@ class FakeKubeApi:
             loop.call_soon(run)
 
         self.store.defer = deferred
+        self.shim.closing = False  # the server may be started again after a stop
         self._stop = asyncio.Event()
         # handler_cancellation: a watch whose client disconnected is cancelled instead of lingering.
         runner = web.ServerRunner(web.Server(self.shim, handler_cancellation=True), shutdown_timeout=1.0)
