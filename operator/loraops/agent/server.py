@@ -59,9 +59,9 @@ async def put_adapter(request: web.Request) -> web.Response:
         body = PutAdapter.model_validate(await request.json())
     except (ValueError, ValidationError) as error:
         # Field names only: a body that wrongly carries a secret must not echo it back or into logs.
-        fields = sorted({".".join(map(str, e["loc"])) for e in error.errors()}) if isinstance(
-            error, ValidationError
-        ) else []
+        fields = (
+            sorted({".".join(map(str, e["loc"])) for e in error.errors()}) if isinstance(error, ValidationError) else []
+        )
         message = f"invalid body (fields: {', '.join(fields)})" if fields else "body is not JSON"
         return error_response(400, ErrorBody(reason="InvalidRequest", message=message))
     try:

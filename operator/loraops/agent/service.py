@@ -348,7 +348,8 @@ class Agent:
                 self._pending_unloads.discard(served)
         # Records under a PUT or DELETE are left to that operation (and do not count against readiness).
         settled = [
-            r for r in self.records.values()
+            r
+            for r in self.records.values()
             if r.path and r.state in ("Loaded", "Loading") and not self._lock(r.name).locked()
         ]
         lost = [r for r in settled if models.get(r.served_name) != r.path]
