@@ -553,6 +553,8 @@ def test_kubectl_apply_get_watch_delete(api: FakeKubeApi, kubeconfig: pathlib.Pa
         "--no-headers",
     ]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        watchdog = threading.Timer(30, proc.kill)  # a silent kubectl fails the test instead of hanging it
+        watchdog.start()
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline().split()[:2] == ["kw", "3"]
@@ -562,6 +564,7 @@ def test_kubectl_apply_get_watch_delete(api: FakeKubeApi, kubeconfig: pathlib.Pa
             api.patch("widgets", "kubectl", "kw", {"spec": {"size": 4}})
             assert proc.stdout.readline().split()[:2] == ["kw", "4"]
         finally:
+            watchdog.cancel()
             proc.terminate()
 
     deleted = kubectl(kubeconfig, "delete", "-f", str(manifest))
