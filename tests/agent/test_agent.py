@@ -61,7 +61,9 @@ async def test_put_downloads_verifies_installs_and_loads(start_agent, fake_vllm,
     for name in ("adapter_config.json", "adapter_model.safetensors", "loraops-manifest.json"):
         assert (installed / name).read_bytes() == (folder / name).read_bytes()
     assert list_tree(running.config.adapters_dir) == [
-        "support-v1", f"support-v1/{digest}", *sorted(f"support-v1/{digest}/{n}" for n in os.listdir(folder))
+        "support-v1",
+        f"support-v1/{digest}",
+        *sorted(f"support-v1/{digest}/{n}" for n in os.listdir(folder)),
     ]
     listed = await running.client.list()
     assert [r.model_dump() for r in listed] == [record.model_dump()]
@@ -182,7 +184,9 @@ async def test_replace_loads_new_release_under_new_name_then_unloads_old(
     assert first.served_name == "support" and second.served_name == f"support-{d2[:12]}"
     assert second.digest == d2 and second.state == "Loaded"
     assert [(kind, body["lora_name"]) for kind, body in fake_vllm.calls] == [
-        ("load", "support"), ("load", f"support-{d2[:12]}"), ("unload", "support")
+        ("load", "support"),
+        ("load", f"support-{d2[:12]}"),
+        ("unload", "support"),
     ]
     assert not any(body.get("load_inplace") for _, body in fake_vllm.calls)
     assert fake_vllm.adapters == {f"support-{d2[:12]}": second.path}
@@ -222,9 +226,7 @@ async def test_delete_unloads_and_removes_files(start_agent, fake_vllm, adapter)
     assert metric(text, "loraops_agent_adapters_loaded") == 0
 
 
-@pytest.mark.parametrize(
-    ("status", "reason"), [(400, "VllmBadRequest"), (404, "VllmNotFound"), (500, "VllmError")]
-)
+@pytest.mark.parametrize(("status", "reason"), [(400, "VllmBadRequest"), (404, "VllmNotFound"), (500, "VllmError")])
 async def test_vllm_refusing_the_load_is_a_failure_with_its_reason(
     start_agent, fake_vllm, adapter, list_tree, status, reason
 ) -> None:

@@ -36,13 +36,19 @@ def test_digest_prints_the_rule_also_computed_by_sha256sum(new_adapter, tmp_path
     shell = subprocess.run(
         "find . -type f ! -path '*/.*' ! -path ./loraops-manifest.json | sed 's|^\\./||' | LC_ALL=C sort"
         " | xargs -d '\\n' sha256sum | sha256sum | cut -d' ' -f1",
-        shell=True, cwd=folder, capture_output=True, text=True, check=True,
+        shell=True,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.strip() == shell.stdout.strip() != digest  # a new file changed the digest
     listing = json.loads(loraops(capsys, "digest", "--json", str(folder))[1])
     assert listing["digest"] == shell.stdout.strip()
     assert sorted(f["name"] for f in listing["files"]) == [
-        "adapter_config.json", "adapter_model.safetensors", "sub/tokenizer.json"
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "sub/tokenizer.json",
     ]
 
 
@@ -70,9 +76,22 @@ def test_agent_command_serves_probes_and_api(tmp_path: pathlib.Path) -> None:
         sock.bind(("127.0.0.1", 0))
         closed = sock.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "loraops.cli", "agent", "--host", "127.0.0.1", "--port", str(port),
-         "--adapters-dir", str(tmp_path / "adapters"), "--vllm-url", f"http://127.0.0.1:{closed}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "loraops.cli",
+            "agent",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--adapters-dir",
+            str(tmp_path / "adapters"),
+            "--vllm-url",
+            f"http://127.0.0.1:{closed}",
+        ],
+        stdout=(tmp_path / "agent.log").open("wb"),
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 30

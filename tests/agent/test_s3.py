@@ -42,8 +42,11 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> Non
 @pytest.fixture
 def bucket(s3_endpoint: str, isolated_env: None, request: pytest.FixtureRequest) -> tuple[Any, str]:
     client = boto3.client(
-        "s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-        aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"],
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"],
     )
     name = f"adapters-{request.node.name.lower().replace('_', '-')[:40]}"
     client.create_bucket(Bucket=name)

@@ -60,16 +60,26 @@ class VllmOptions:
 
 def vllm_command(options: VllmOptions, port: int) -> list[str]:
     command = [
-        options.python, "-m", "vllm.entrypoints.launchers.api_server.entry",
-        "--model", str(options.model),
-        "--served-model-name", options.served_name,
-        "--host", options.host,
-        "--port", str(port),
-        "--dtype", options.dtype,
-        "--max-model-len", str(options.max_model_len),
+        options.python,
+        "-m",
+        "vllm.entrypoints.launchers.api_server.entry",
+        "--model",
+        str(options.model),
+        "--served-model-name",
+        options.served_name,
+        "--host",
+        options.host,
+        "--port",
+        str(port),
+        "--dtype",
+        options.dtype,
+        "--max-model-len",
+        str(options.max_model_len),
         "--enable-lora",
-        "--max-loras", str(options.max_loras),
-        "--max-lora-rank", str(options.max_lora_rank),
+        "--max-loras",
+        str(options.max_loras),
+        "--max-lora-rank",
+        str(options.max_lora_rank),
     ]
     if options.max_cpu_loras is not None:
         command += ["--max-cpu-loras", str(options.max_cpu_loras)]
