@@ -293,6 +293,14 @@ def test_optimistic_concurrency_and_failed_test_op(api: FakeKubeApi) -> None:
     assert call(api, "PUT", f"{WIDGETS}/occ", current)[1]["spec"] == {"size": 6}
 
 
+def test_accessors_return_copies(api: FakeKubeApi) -> None:
+    api.create("configmaps", {"metadata": {"name": "mine"}, "data": {"a": "1"}})
+    got = api.get("configmaps", "default", "mine")
+    assert got is not None
+    got["data"]["a"] = "edited"
+    assert (api.get("configmaps", "default", "mine") or {})["data"] == {"a": "1"}
+
+
 def test_owner_reference_cascade(api: FakeKubeApi) -> None:
     owner = api.create("widgets", widget("owner"), "gc")
     other = api.create("widgets", widget("other-owner"), "gc")

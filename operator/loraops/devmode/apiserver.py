@@ -635,14 +635,15 @@ class FakeKubeApi:
         self.stop()
 
     def _call(self, fn: Callable[[], T]) -> T:
-        # Store state belongs to the server loop; other threads hand their work over and wait.
+        # Store state belongs to the server loop; other threads hand their work over and wait. Results are
+        # copies: a caller editing what it got must not edit what the server stores.
         if self._loop is None or threading.current_thread() is self._thread:
-            return fn()
+            return copy.deepcopy(fn())
         done: concurrent.futures.Future[T] = concurrent.futures.Future()
 
         def run() -> None:
             try:
-                done.set_result(fn())
+                done.set_result(copy.deepcopy(fn()))
             except BaseException as exc:
                 done.set_exception(exc)
 
