@@ -91,6 +91,13 @@ def now_rfc3339() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def _without_none(value: Any) -> Any:
+    """Unknown facts are left out rather than written as null, so readers test presence only."""
+    if isinstance(value, dict):
+        return {key: _without_none(item) for key, item in value.items() if item is not None}
+    return value
+
+
 def build_manifest(root: pathlib.Path, *, kind: str, merge_state: str, **sections: Any) -> dict[str, Any]:
     """The manifest for the files now in `root`; sections with None values are left out."""
     digest, entries = hash_directory(root)
@@ -100,7 +107,7 @@ def build_manifest(root: pathlib.Path, *, kind: str, merge_state: str, **section
         "createdAt": now_rfc3339(),
         "mergeState": merge_state,
     }
-    manifest.update({key: value for key, value in sections.items() if value is not None})
+    manifest.update(_without_none(sections))
     manifest["files"] = {entry.name: {"sha256": entry.sha256, "size": entry.size} for entry in entries}
     manifest["digest"] = digest
     manifest["libraries"] = library_versions()

@@ -249,6 +249,7 @@ class LocalStore:
         shutil.rmtree(self.checkpoints, ignore_errors=True)
 
     def publish_adapter(self, local_dir: pathlib.Path) -> None:
+        _make_readable(local_dir)
         manifest = local_dir / MANIFEST_NAME
         files = sorted(p for p in local_dir.rglob("*") if p.is_file() and p != manifest)
         stale = self.root / MANIFEST_NAME
@@ -264,6 +265,13 @@ class LocalStore:
         os.replace(manifest, self.root / MANIFEST_NAME)
         _fsync_dir(self.root)
         shutil.rmtree(local_dir, ignore_errors=True)
+
+
+def _make_readable(directory: pathlib.Path) -> None:
+    """safetensors writes 0600 files; the agent (another user, e.g. on a shared volume) must read them."""
+    for path in directory.rglob("*"):
+        if path.is_file():
+            path.chmod(0o644)
 
 
 def _fsync_dir(path: pathlib.Path) -> None:
@@ -283,6 +291,7 @@ class S3Store:
         self.uri = uri
         self.url = parse_s3(uri)
         self._client: Any = None
+        self._fetched: dict[int, pathlib.Path] = {}
 
     @property
     def client(self) -> Any:
@@ -341,7 +350,9 @@ class S3Store:
         return sorted(steps)
 
     def fetch_checkpoint(self, step: int, workdir: pathlib.Path) -> pathlib.Path:
-        return fetch_dir(str(self.url.child(f"{CHECKPOINTS_DIR}/step-{step}")), workdir)
+        if step not in self._fetched:
+            self._fetched[step] = fetch_dir(str(self.url.child(f"{CHECKPOINTS_DIR}/step-{step}")), workdir)
+        return self._fetched[step]
 
     def _upload_tree(self, local_dir: pathlib.Path, prefix: S3Url, last: str) -> None:
         files = sorted(p for p in local_dir.rglob("*") if p.is_file())

@@ -190,7 +190,6 @@ def _train(
     store = output_store(config.output.uri)
 
     def check_output() -> dict[str, Any] | None:
-        store.probe_writable()
         manifest = store.read_manifest()
         if manifest is None:
             return None
@@ -258,6 +257,8 @@ def _train(
             raise ConfigError("CheckpointInvalid", f"{where}: data position {meta.micro_batch} != step × accumulation")
         return meta
 
+    # The first write to the output location: after every read-only check, so bad input leaves nothing behind.
+    dist.agree(store.probe_writable)
     resume = dist.agree(find_checkpoint)
 
     # Weights: everything above passed, now the expensive part.
@@ -453,6 +454,7 @@ def _train(
                 "revision": config.base_model.revision,
                 "weightsDigest": weights_digest,
                 "modelType": facts.model_type,
+                "quantization": "nf4-double-quant" if config.method == "qlora" else None,
             },
             method=config.method,
             loraPlusRatio=config.lora_plus_ratio,
