@@ -30,8 +30,10 @@ PY = sys.executable
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 UPSTREAM_DELAY_MS = float(os.environ.get("LORAOPS_BENCH_UPSTREAM_MS", "50"))
-DURATION_S = float(os.environ.get("LORAOPS_BENCH_SECONDS", "5"))
-WARMUP_S = 1.0
+DURATION_S = float(os.environ.get("LORAOPS_BENCH_SECONDS", "6"))
+"""Measured seconds per side and configuration, split into ROUNDS alternating slices."""
+ROUNDS = 3
+SLICE_WARMUP_S = 0.5
 CONCURRENCY = (1, 16, 100)
 STREAM_CHUNKS = 16
 
@@ -95,62 +97,82 @@ def serve_upstream(port: int, delay_ms: float) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, backlog=2048)
 
 
-# ---- the load generator (runs as `python bench/bench_router.py load URL MODEL C SECONDS STREAM`) ----
+# ---- the load generator (runs as `python bench/bench_router.py load SPEC_JSON`) ----
 
 
-async def _load(url: str, model: str, concurrency: int, seconds: float, stream: bool) -> dict[str, Any]:
+async def _slice(
+    session: Any, url: str, body: bytes, concurrency: int, seconds: float, stream: bool, out: dict[str, Any]
+) -> None:
+    """One closed-loop slice: `concurrency` workers for `seconds` after a short warm-up of the same load."""
     import aiohttp
 
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16,
-                       "stream": stream}).encode()
     headers = {"Content-Type": "application/json"}
-    latencies: list[float] = []
-    ttfts: list[float] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        start = time.perf_counter()
-        warm_until = start + WARMUP_S
-        stop_at = warm_until + seconds
+    warm_until = time.perf_counter() + SLICE_WARMUP_S
+    stop_at = warm_until + seconds
 
-        async def worker(i: int) -> None:
-            nonlocal errors
-            while True:
-                t0 = time.perf_counter()
-                if t0 >= stop_at:
-                    return
-                try:
-                    async with session.post(url, data=body, headers={**headers, "X-User-Id": f"u{i}"}) as resp:
-                        if stream:
-                            first = await resp.content.readany()
-                            t_first = time.perf_counter()
-                            while first:
-                                first = await resp.content.readany()
-                        else:
-                            await resp.read()
-                            t_first = time.perf_counter()
-                        ok = resp.status == 200
-                except aiohttp.ClientError:
-                    ok = False
-                    t_first = time.perf_counter()
-                t1 = time.perf_counter()
-                if t0 >= warm_until and t1 <= stop_at:
-                    if ok:
-                        latencies.append(t1 - t0)
-                        ttfts.append(t_first - t0)
+    async def worker(i: int) -> None:
+        user_headers = {**headers, "X-User-Id": f"u{i}"}
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                return
+            try:
+                async with session.post(url, data=body, headers=user_headers) as resp:
+                    if stream:
+                        chunk = await resp.content.readany()
+                        t_first = time.perf_counter()
+                        while chunk:
+                            chunk = await resp.content.readany()
                     else:
-                        errors += 1
+                        await resp.read()
+                        t_first = time.perf_counter()
+                    ok = resp.status == 200
+            except aiohttp.ClientError:
+                ok, t_first = False, time.perf_counter()
+            t1 = time.perf_counter()
+            if t0 >= warm_until and t1 <= stop_at:
+                if ok:
+                    out["latencies"].append(t1 - t0)
+                    out["ttfts"].append(t_first - t0)
+                else:
+                    out["errors"] += 1
 
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    return {"latencies": latencies, "ttfts": ttfts, "errors": errors, "seconds": seconds}
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    out["seconds"] += seconds
 
 
-def run_load(url: str, model: str, concurrency: int, seconds: float, stream: bool) -> None:
+async def _load(spec: dict[str, Any]) -> dict[str, Any]:
+    """Alternate short slices direct / router so that background load (other processes on a shared machine)
+    hits both sides alike; figures are pooled per side."""
+    import aiohttp
+
+    results: dict[str, Any] = {}
+    sessions = {}
+    for side in spec["targets"]:
+        sessions[side] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        results[side] = {"latencies": [], "ttfts": [], "errors": 0, "seconds": 0.0}
+    try:
+        for _ in range(spec["rounds"]):
+            for side, target in spec["targets"].items():
+                body = json.dumps({"model": target["model"], "messages": [{"role": "user", "content": "hello"}],
+                                   "max_tokens": 16, "stream": spec["stream"]}).encode()
+                if "cpu_pid" in target:
+                    before = _cpu_seconds(target["cpu_pid"])
+                await _slice(sessions[side], target["url"], body, spec["concurrency"], spec["slice_s"],
+                             spec["stream"], results[side])
+                if "cpu_pid" in target:
+                    results[side]["cpu_s"] = results[side].get("cpu_s", 0.0) + _cpu_seconds(target["cpu_pid"]) - before
+    finally:
+        for session in sessions.values():
+            await session.close()
+    return results
+
+
+def run_load(spec_json: str) -> None:
     import uvloop
 
     uvloop.install()
-    result = asyncio.run(_load(url, model, concurrency, seconds, stream))
-    json.dump(result, sys.stdout)
+    json.dump(asyncio.run(_load(json.loads(spec_json))), sys.stdout)
 
 
 # ---- the orchestration ----
@@ -158,17 +180,17 @@ def run_load(url: str, model: str, concurrency: int, seconds: float, stream: boo
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def _measure(url: str, model: str, concurrency: int, stream: bool) -> dict[str, Any]:
-    out = subprocess.run(
-        [PY, __file__, "load", url, model, str(concurrency), str(DURATION_S), "1" if stream else "0"],
-        capture_output=True, text=True, check=True, cwd=ROOT,
-    )
-    raw = json.loads(out.stdout)
+def _cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _summary(raw: dict[str, Any]) -> dict[str, Any]:
     lat = raw["latencies"]
-    return {
+    out = {
         "requests": len(lat),
         "errors": raw["errors"],
         "rps": len(lat) / raw["seconds"],
@@ -177,21 +199,26 @@ def _measure(url: str, model: str, concurrency: int, stream: bool) -> dict[str, 
         "ttft_p50_ms": _percentile(raw["ttfts"], 0.5) * 1000,
         "ttft_p99_ms": _percentile(raw["ttfts"], 0.99) * 1000,
     }
+    if "cpu_s" in raw and lat:
+        # CPU time includes the warm-up requests, which are not counted: a slight overestimate.
+        warm_share = 1 + SLICE_WARMUP_S / (raw["seconds"] / max(1, ROUNDS))
+        out["router_cpu_us_per_request"] = raw["cpu_s"] / (len(lat) * warm_share) * 1e6
+    return out
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _measure_router(url: str, model: str, concurrency: int, stream: bool, pid: int) -> dict[str, Any]:
-    before = _cpu_seconds(pid)
-    result = _measure(url, model, concurrency, stream)
-    used = _cpu_seconds(pid) - before
-    # Includes the warm-up requests, which the load generator does not count: a slight overestimate.
-    total = result["requests"] * (1 + WARMUP_S / DURATION_S)
-    result["router_cpu_us_per_request"] = round(used / total * 1e6, 1) if total else None
-    return result
+def _measure_pair(
+    direct: tuple[str, str], routed: tuple[str, str], concurrency: int, stream: bool, router_pid: int
+) -> dict[str, Any]:
+    spec = {
+        "concurrency": concurrency, "stream": stream, "rounds": ROUNDS, "slice_s": DURATION_S / ROUNDS,
+        "targets": {
+            "direct": {"url": direct[0], "model": direct[1]},
+            "router": {"url": routed[0], "model": routed[1], "cpu_pid": router_pid},
+        },
+    }
+    out = subprocess.run([PY, __file__, "load", json.dumps(spec)], capture_output=True, text=True, check=True, cwd=ROOT)
+    raw = json.loads(out.stdout)
+    return _compare(_summary(raw["direct"]), _summary(raw["router"]))
 
 
 def _compare(direct: dict[str, Any], routed: dict[str, Any]) -> dict[str, Any]:
@@ -245,12 +272,12 @@ def _fake_upstream_run(workdir: pathlib.Path, delay_ms: float, configs: list[tup
         router, router_port = _start_router(routes, workdir)
         results: dict[str, Any] = {}
         for stream, concurrency in configs:
-            direct = _measure(f"{base}/v1/chat/completions", "stable", concurrency, stream)
-            routed = _measure_router(
-                f"http://127.0.0.1:{router_port}/v1/chat/completions", "bot", concurrency, stream, router.pid
-            )
             key = f"{'stream' if stream else 'nonstream'}_c{concurrency}"
-            results[key] = _compare(direct, routed)
+            results[key] = _measure_pair(
+                (f"{base}/v1/chat/completions", "stable"),
+                (f"http://127.0.0.1:{router_port}/v1/chat/completions", "bot"),
+                concurrency, stream, router.pid,
+            )
             print(f"  {key}: {json.dumps({k: v for k, v in results[key].items() if k not in ('direct', 'router')})}",
                   file=sys.stderr)
         return results
@@ -279,8 +306,10 @@ def run() -> dict[str, Any]:
             "upstream": f"aiohttp+uvloop fake, {UPSTREAM_DELAY_MS:g} ms simulated model latency "
                         f"(streams: that time to the first token, then {STREAM_CHUNKS} chunks back to back)",
             "seconds_per_measurement": DURATION_S,
-            "warmup_seconds": WARMUP_S,
-            "load": "closed loop, separate process, aiohttp+uvloop keep-alive",
+            "rounds": ROUNDS,
+            "slice_warmup_seconds": SLICE_WARMUP_S,
+            "load": "closed loop, separate process, aiohttp+uvloop keep-alive; direct and router alternate in "
+                    "slices within one run",
             "router": "loraops router --routes FILE (separate process, uvloop), 90/10 canary split",
             "cpus": os.cpu_count(),
         },
@@ -314,9 +343,12 @@ def _vllm_ttft() -> dict[str, Any]:
                 "entries": [{"backends": [{"servedName": "tiny-llama", "weight": 100}]}],
             }]}
             router, port = _start_router(routes, pathlib.Path(tmp))
-            direct = _measure(f"{vllm.url}/v1/chat/completions", "tiny-llama", 8, True)
-            routed = _measure_router(f"http://127.0.0.1:{port}/v1/chat/completions", "bot", 8, True, router.pid)
-            return {"concurrency": 8, "stream": True, **_compare(direct, routed)}
+            pair = _measure_pair(
+                (f"{vllm.url}/v1/chat/completions", "tiny-llama"),
+                (f"http://127.0.0.1:{port}/v1/chat/completions", "bot"),
+                8, True, router.pid,
+            )
+            return {"concurrency": 8, "stream": True, **pair}
         finally:
             if router is not None:
                 _stop(router)
@@ -327,4 +359,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "upstream":
         serve_upstream(int(sys.argv[2]), float(sys.argv[3]))
     elif sys.argv[1] == "load":
-        run_load(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), sys.argv[6] == "1")
+        run_load(sys.argv[2])

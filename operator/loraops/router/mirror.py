@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from .metrics import RouterMetrics
 from .table import Target
 from .upstream import Upstreams
@@ -104,27 +102,28 @@ class Mirror:
         body.pop("stream", None)
         body.pop("stream_options", None)
         url = self.upstreams.pick(job.target)
-        session = self.upstreams.session(url)
+        pool = self.upstreams.pool(url)
         started = time.perf_counter()
         self.upstreams.acquire(url)
         outcome = "error"
         payload: dict[str, Any] | None = None
+        resp = None
         try:
             async with asyncio.timeout(self.timeout_s):
-                async with session.post(
-                    url + job.path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-                ) as resp:
-                    raw = await resp.read()
-                    if resp.status == 200:
-                        parsed = json.loads(raw)
-                        if isinstance(parsed, dict):
-                            payload = parsed
-                            outcome = "ok"
+                resp = await pool.post(job.path, json.dumps(body).encode())
+                raw = await resp.read()
+            if resp.status == 200:
+                parsed = json.loads(raw)
+                if isinstance(parsed, dict):
+                    payload = parsed
+                    outcome = "ok"
         except TimeoutError:
             outcome = "timeout"
-        except (aiohttp.ClientError, OSError, ValueError):
+        except (OSError, ValueError):
             outcome = "error"
         finally:
+            if resp is not None:
+                resp.close()
             self.upstreams.release(url)
         adapter = job.target.adapter
         m.child(m.mirror, job.route, adapter, outcome).inc()

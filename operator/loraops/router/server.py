@@ -2,8 +2,8 @@
 
 One request: read and parse the body → tenant → route → entry → sticky weighted backend → tenant check →
 circuit breaker → (mirror offer) → upstream attempt → on failure before the first byte, one attempt on the
-base model. Everything per route is precompiled in `table.py`; upstream clients are long-lived keep-alive
-sessions (`upstream.py`).
+base model. Everything per route is precompiled in `table.py`; upstream connections are long-lived keep-alive
+pools (`upstream.py`, `http1.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
@@ -28,6 +27,7 @@ from loraops.api.route import RouteTable
 
 from .breaker import CircuitBreaker, State
 from .errors import error_body
+from .http1 import ConnectError, Response
 from .metrics import NO_TENANT, OTHER_TENANT, RouterMetrics
 from .mirror import Mirror, MirrorJob, answer_text
 from .sources import TableSource
@@ -37,7 +37,6 @@ from .tenants import ApiKeys, TenantError, TenantResolver
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
-_UPSTREAM_HEADERS = {"Content-Type": JSON}
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _STREAM_TAIL = 4096
@@ -166,7 +165,7 @@ class _Server(web.Server):
 
 
 class Router:
-    """Owns the route table, the upstream sessions, the breakers, the mirror workers and the HTTP server."""
+    """Owns the route table, the upstream pools, the breakers, the mirror workers and the HTTP server."""
 
     def __init__(
         self,
@@ -497,39 +496,38 @@ class Router:
             else:
                 payload["stream_options"] = options
         url = self.upstreams.pick(target)
-        session = self.upstreams.session(url)
+        pool = self.upstreams.pool(url)
         timeout = self.config.base_timeout_s if target.is_base else route.timeout_s
-        headers = _UPSTREAM_HEADERS if request_id is None else {**_UPSTREAM_HEADERS, "X-Request-Id": request_id}
         upstream = self.upstreams
         upstream.acquire(url)
         try:
+            resp: Response | None = None
             try:
                 async with asyncio.timeout(timeout):
-                    resp = await session.post(url + path, data=data, headers=headers)
-                    try:
-                        if stream and resp.status == 200:
-                            first = await resp.content.readany()
-                            if not first:
-                                raise _Failure("upstream_error")
-                        else:
-                            body = await resp.read()
-                    except BaseException:
-                        resp.close()
-                        raise
-            except TimeoutError:
-                self._outcome(route, target, "timeout")
-                raise _Failure("timeout") from None
-            except aiohttp.ClientConnectorError:
-                self._outcome(route, target, "connect_error")
-                raise _Failure("connect_error") from None
-            except (aiohttp.ClientError, OSError):
-                self._outcome(route, target, "upstream_error")
-                raise _Failure("upstream_error") from None
-            except _Failure as failure:
-                self._outcome(route, target, failure.reason)
+                    resp = await pool.post(path, data, None if request_id is None else {"X-Request-Id": request_id})
+                    if stream and resp.status == 200:
+                        first = await resp.read_chunk()
+                        if not first:
+                            raise _Failure("upstream_error")
+                    else:
+                        body = await resp.read()
+            except BaseException as err:
+                if resp is not None:
+                    resp.close()
+                if isinstance(err, TimeoutError):
+                    self._outcome(route, target, "timeout")
+                    raise _Failure("timeout") from None
+                if isinstance(err, ConnectError):
+                    self._outcome(route, target, "connect_error")
+                    raise _Failure("connect_error") from None
+                if isinstance(err, OSError):
+                    self._outcome(route, target, "upstream_error")
+                    raise _Failure("upstream_error") from None
+                if isinstance(err, _Failure):
+                    self._outcome(route, target, err.reason)
                 raise
             status = resp.status
-            content_type = resp.headers.get("Content-Type", JSON)
+            content_type = resp.content_type or JSON
             if not (stream and status == 200):
                 if status >= 500:
                     self._outcome(route, target, "server_error")
@@ -562,7 +560,7 @@ class Router:
     async def _relay_stream(
         self,
         request: BaseRequest,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         first: bytes,
         route: Route,
         target: Target,
@@ -572,7 +570,7 @@ class Router:
     ) -> web.StreamResponse:
         m = self.metrics
         headers_out = {
-            "Content-Type": resp.headers.get("Content-Type", "text/event-stream"),
+            "Content-Type": resp.content_type or "text/event-stream",
             "Cache-Control": "no-cache",
             "x-loraops-adapter": target.adapter,
         }
@@ -601,11 +599,11 @@ class Router:
                     if not first_sent:
                         first_sent = True
                         m.child(m.ttft, route.model, target.adapter).observe(time.perf_counter() - started)
-                chunk = await resp.content.readany()
+                chunk = await resp.read_chunk()
             if pending:
                 await out.write(pending)
             await out.write_eof()
-        except (aiohttp.ClientError, OSError) as err:
+        except OSError as err:
             # Mid-stream: the client already has bytes, so no fallback is possible; end its stream.
             if isinstance(err, ConnectionResetError) and request.transport is None:
                 raise

@@ -1,45 +1,30 @@
-"""Keep-alive client sessions, one per upstream URL, and least-outstanding-requests endpoint choice.
+"""Keep-alive connection pools, one per upstream URL, and least-outstanding-requests endpoint choice.
 
-A session per upstream keeps each pod's connection pool separate (a slow pod cannot exhaust the sockets of
-the others) and is created once: no request allocates a client. Sessions outlive table reloads, since a reload
-usually names the same pods again.
+A pool per upstream keeps each pod's connections separate (a slow pod cannot exhaust the sockets of the others)
+and is created once: no request allocates a client. Pools outlive table reloads, since a reload usually names
+the same pods again.
 """
 
 from __future__ import annotations
 
-import aiohttp
-
+from .http1 import Pool
 from .table import Target
 
 
 class Upstreams:
-    def __init__(self, *, connect_timeout_s: float = 5.0, pool_per_upstream: int = 0) -> None:
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+    def __init__(self, *, connect_timeout_s: float = 5.0, keepalive_s: float = 4.0) -> None:
+        self._pools: dict[str, Pool] = {}
         self._outstanding: dict[str, int] = {}
         self._connect_timeout_s = connect_timeout_s
-        self._pool = pool_per_upstream
+        self._keepalive_s = keepalive_s
 
-    def session(self, url: str) -> aiohttp.ClientSession:
-        session = self._sessions.get(url)
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self._pool,
-                limit_per_host=0,
-                keepalive_timeout=60,
-                ttl_dns_cache=30,
-                enable_cleanup_closed=False,
-            )
-            session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s),
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                skip_auto_headers=("User-Agent",),
-                trust_env=False,
-            )
-            self._sessions[url] = session
+    def pool(self, url: str) -> Pool:
+        pool = self._pools.get(url)
+        if pool is None:
+            pool = Pool(url, connect_timeout_s=self._connect_timeout_s, keepalive_s=self._keepalive_s)
+            self._pools[url] = pool
             self._outstanding.setdefault(url, 0)
-        return session
+        return pool
 
     def pick(self, target: Target) -> str:
         urls = target.urls
@@ -55,6 +40,6 @@ class Upstreams:
         self._outstanding[url] -= 1
 
     async def close(self) -> None:
-        for session in self._sessions.values():
-            await session.close()
-        self._sessions.clear()
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
