@@ -27,7 +27,7 @@ from .planner import TRAINING_LABEL, names_for, render
 from .status import Observed, plan_status, rank_zero_pod
 
 RESOURCES: dict[str, Resource] = {"ConfigMap": CONFIGMAPS, "Service": SERVICES, "Job": JOBS}
-ACTIVE_PHASES = ("Pending", "Running")
+ACTIVE_PHASES = ("Running",)  # logs exist only while pods run; events cover the rest
 LOG_TAIL_LINES = 40
 
 
