@@ -26,11 +26,18 @@ from loraops.router.sources import StaticSource, TableSource
 T = TypeVar("T")
 
 
-def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0, *, loop: str = "uvloop") -> T:
+    """Run a test's coroutine in a fresh loop: uvloop by default, as `loraops router` runs."""
+
     async def bounded() -> T:
         async with asyncio.timeout(timeout):
             return await coro
 
+    if loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(bounded())
     return asyncio.run(bounded())
 
 

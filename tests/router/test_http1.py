@@ -10,7 +10,7 @@ import pytest
 from loraops.router.http1 import ConnectError, Pool, UpstreamError
 from tests.router.fakes import free_port, run
 
-pytestmark = pytest.mark.router
+pytestmark = [pytest.mark.router, pytest.mark.parametrize("loop", ["uvloop", "asyncio"])]
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -39,7 +39,7 @@ async def serve(handler: Handler) -> tuple[asyncio.Server, str, list[int]]:
     return server, f"http://127.0.0.1:{port}", connections
 
 
-def test_keep_alive_reuses_one_connection_and_survives_upstream_closing_it() -> None:
+def test_keep_alive_reuses_one_connection_and_survives_upstream_closing_it(loop: str) -> None:
     async def main() -> None:
         async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             while True:
@@ -72,10 +72,10 @@ def test_keep_alive_reuses_one_connection_and_survives_upstream_closing_it() -> 
         pool.close()
         server.close()
 
-    run(main())
+    run(main(), loop=loop)
 
 
-def test_chunked_and_close_delimited_bodies() -> None:
+def test_chunked_and_close_delimited_bodies(loop: str) -> None:
     async def main() -> None:
         release = asyncio.Event()
 
@@ -113,10 +113,10 @@ def test_chunked_and_close_delimited_bodies() -> None:
         pool.close()
         server.close()
 
-    run(main())
+    run(main(), loop=loop)
 
 
-def test_errors_are_typed() -> None:
+def test_errors_are_typed(loop: str) -> None:
     async def main() -> None:
         with pytest.raises(ConnectError):
             await Pool(f"http://127.0.0.1:{free_port()}").post("/x", b"{}")
@@ -147,4 +147,4 @@ def test_errors_are_typed() -> None:
         with pytest.raises(ValueError, match="only http"):
             Pool("https://example.com")
 
-    run(main())
+    run(main(), loop=loop)

@@ -127,8 +127,9 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol --
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        if self.transport is not None:
+            return
+        self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -246,11 +247,14 @@ class Pool:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                _, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port)
+                transport, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port)
         except TimeoutError as err:
             raise ConnectError(f"connect to {self.host}:{self.port} timed out") from err
         except OSError as err:
             raise ConnectError(f"connect to {self.host}:{self.port}: {err}") from err
+        if conn.transport is None:
+            # uvloop may call connection_made after create_connection returns.
+            conn.connection_made(transport)
         self._all.add(conn)
         return conn
 
