@@ -40,15 +40,16 @@ class CheckpointMeta:
 
 
 def rng_state() -> dict[str, Any]:
-    """This process's RNG states, in types `torch.load(weights_only=True)` accepts."""
+    """This process's RNG states as plain Python values: they travel through `all_gather_object` (which
+    mishandles tensors in torch 2.13) and load with `torch.load(weights_only=True)`."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(np.asarray(keys).copy()), position, has_gauss, cached),
-        "torch": torch.random.get_rng_state(),
+        "numpy": (kind, [int(k) for k in keys], int(position), int(has_gauss), float(cached)),
+        "torch": torch.random.get_rng_state().tolist(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
     return state
 
 
@@ -56,10 +57,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     python_state = state["python"]
     random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
     kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), position, has_gauss, cached))
-    torch.random.set_rng_state(state["torch"])
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.random.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
 
 
 def save(
