@@ -248,8 +248,13 @@ class AdapterRouteStatus(ApiModel):
     canary_adapter: str | None = None
     """Adapter being rolled out, if any."""
     canary_weight: Percent | None = None
+    rolled_back_adapter: str | None = None
+    """The adapter whose rollout was rolled back (or aborted); it is not retried until the spec changes."""
     current_step: Annotated[int, Field(ge=0)] | None = None
     step_started_at: datetime | None = None
+    """When the current step (or its extension after an inconclusive window) began: the analysis window."""
+    inconclusive_windows: Annotated[int, Field(ge=0)] | None = None
+    """Windows of the current step that had too few requests to decide."""
     traffic: RouteTraffic | None = None
     last_analysis: AnalysisResult | None = None
     message: str | None = None
