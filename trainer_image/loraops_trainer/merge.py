@@ -34,7 +34,6 @@ def merge(
     reporter = reporter or Reporter()
     clock = Clock()
     store = output_store(output)
-    store.probe_writable()
     with tempfile.TemporaryDirectory(prefix="loraops-merge-") as tmp:
         work = pathlib.Path(tmp)
         adapter_dir = fetch_dir(adapter, work, reason_missing="AdapterNotFound")
@@ -54,6 +53,7 @@ def merge(
         if not (base_dir / "config.json").is_file():
             raise ConfigError("BaseModelNotFound", f"{base_model}: no model there (config.json missing)")
         base_digest, _ = hash_directory(base_dir)
+        store.probe_writable()
         reporter.emit("started", adapter=adapter, adapter_digest=adapter_digest, base_model=base_model)
 
         torch_dtype: Any = {"auto": "auto", "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
