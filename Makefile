@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[trainer,serve,dev]'
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec || true
+	test -x $(VENV)/bin/helm || $(PY) -m loraops.devmode.tools helm $(VENV)/bin/helm
 	$(PY) -c "import loraops, loraops_trainer, kopf, kmock, peft, vllm" 
 	@touch $(STAMP)
 
@@ -38,6 +39,7 @@ bench: setup
 
 crds: setup
 	$(VENV)/bin/loraops crds --out crds --docs docs/api.md
+	rm -f charts/loraops/crds/loraops.io_*.yaml && cp crds/*.yaml charts/loraops/crds/
 
 lint: setup
 	$(VENV)/bin/ruff check operator trainer_image tests bench
