@@ -303,7 +303,7 @@ class S3Store:
         try:
             return fn(*args, **kwargs)
         except Exception as error:
-            raise _s3_error(error, what, "OutputNotFound") from None
+            raise _s3_error(error, what, "OutputNotWritable") from None
 
     def probe_writable(self) -> None:
         probe = self.url.child(f".write-probe-{uuid.uuid4().hex}")
@@ -327,7 +327,7 @@ class S3Store:
         except ClientError as error:
             if str(error.response.get("Error", {}).get("Code")) in {"NoSuchKey", "404", "NotFound"}:
                 return None
-            raise _s3_error(error, str(key), "OutputNotFound") from None
+            raise _s3_error(error, str(key), "OutputNotWritable") from None
         try:
             data = json.loads(body)
         except ValueError:
