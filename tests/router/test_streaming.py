@@ -64,9 +64,11 @@ def test_chunks_reach_the_client_before_the_upstream_finishes() -> None:
                     first = await resp.content.readuntil(b"\n\n")
                     # The first event arrived while the upstream is still producing the rest.
                     assert up.finished == 0
+                    assert sample(router, "loraops_router_in_flight_requests") == 1
                     assert json.loads(first[len(b"data: ") :])["choices"][0]["delta"]["content"]
                     await resp.read()
                 assert sample(router, "loraops_router_time_to_first_token_seconds_count") == 1
+                await wait_for(lambda: sample(router, "loraops_router_in_flight_requests") == 0)
 
     run(main())
 

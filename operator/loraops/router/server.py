@@ -352,10 +352,20 @@ class Router:
         return web.Response(body=json.dumps({"object": "list", "data": data}).encode(), content_type=JSON)
 
     async def _chat(self, request: BaseRequest) -> web.StreamResponse:
-        return await self._proxy(request, "/v1/chat/completions")
+        in_flight = self.metrics.in_flight
+        in_flight.inc()
+        try:
+            return await self._proxy(request, "/v1/chat/completions")
+        finally:
+            in_flight.dec()
 
     async def _completions(self, request: BaseRequest) -> web.StreamResponse:
-        return await self._proxy(request, "/v1/completions")
+        in_flight = self.metrics.in_flight
+        in_flight.inc()
+        try:
+            return await self._proxy(request, "/v1/completions")
+        finally:
+            in_flight.dec()
 
     async def _proxy(self, request: BaseRequest, path: str) -> web.StreamResponse:
         started = time.perf_counter()
