@@ -17,7 +17,7 @@ from loraops.kube.client import KubeClient
 from loraops.routing import handlers as route_handlers
 from loraops.training import handlers as training_handlers
 
-HANDLER_MODULES = (training_handlers, adapter_handlers, route_handlers)
+HANDLER_MODULES = {"training": training_handlers, "adapters": adapter_handlers, "routing": route_handlers}
 
 
 def build_registry(config: OperatorConfig, *, login: bool = True) -> kopf.OperatorRegistry:
@@ -27,8 +27,8 @@ def build_registry(config: OperatorConfig, *, login: bool = True) -> kopf.Operat
     the controllers' own client still goes to `config.server`, so tests never reach a real cluster."""
     registry = kopf.OperatorRegistry()
     client = KubeClient(config.server, insecure=config.insecure)
-    for module in HANDLER_MODULES:
-        module.register(registry, config, client)
+    for name in config.controllers:
+        HANDLER_MODULES[name].register(registry, config, client)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -89,6 +89,9 @@ def _operator(args: argparse.Namespace) -> int:
         server=args.server,
         insecure=args.insecure,
         standalone=not args.peering,
+        controllers=args.controller or list(HANDLER_MODULES),
+        router_metrics_urls=args.router_metrics_url or [],
+        **({"trainer_image": args.trainer_image} if args.trainer_image else {}),
     )
     if config.metrics_port:
         start_metrics_server(config.metrics_port)
@@ -107,5 +110,12 @@ def add_operator_command(sub: Any) -> Any:
     parser.add_argument("--server", help="Kubernetes API URL (dev mode); default: in-cluster or kubeconfig")
     parser.add_argument("--insecure", action="store_true", help="skip TLS verification (dev mode only)")
     parser.add_argument("--peering", action="store_true", help="run with kopf peering (HA with several replicas)")
+    parser.add_argument(
+        "--controller", action="append", choices=sorted(HANDLER_MODULES), help="run only these controllers (repeatable)"
+    )
+    parser.add_argument(
+        "--router-metrics-url", action="append", help="a router replica's /metrics URL for canary analysis (repeatable)"
+    )
+    parser.add_argument("--trainer-image", help="image of training Jobs whose spec names none")
     parser.add_argument("-v", "--verbose", action="store_true")
     return _operator
