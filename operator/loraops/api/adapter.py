@@ -191,6 +191,8 @@ class EvaluationResult(ApiModel):
     digest: Sha256 | None = None
     golden_digest: Sha256 | None = None
     completed_at: datetime | None = None
+    job_name: str | None = None
+    """The evaluation Job; its name carries a key of the inputs, so the same inputs are never evaluated twice."""
 
 
 class Placement(ApiModel):
@@ -204,6 +206,20 @@ class Placement(ApiModel):
     message: str | None = None
 
 
+class ReleaseSummary(ApiModel):
+    """The release as served: metadata and accountability in one place for `kubectl describe`."""
+
+    version: str
+    digest: Sha256 | None = None
+    dataset_version: str | None = None
+    prompt_version: str | None = None
+    merge_state: MergeState | None = None
+    owner: str | None = None
+    license: str | None = None
+    trained_by: str | None = None
+    """The LoraTraining that produced it (trainingRef), if any."""
+
+
 class LoraAdapterStatus(ApiModel):
     """What the operator observed."""
 
@@ -215,6 +231,7 @@ class LoraAdapterStatus(ApiModel):
     placements: list[Placement] | None = None
     ready_replicas: str | None = None
     """Loaded replicas over wanted replicas, e.g. `3/3`."""
+    release: ReleaseSummary | None = None
     message: str | None = None
     observed_generation: int | None = None
     conditions: Conditions | None = None

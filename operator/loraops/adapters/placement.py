@@ -1,0 +1,202 @@
+"""Placement (pure): which pods of a vLLM Deployment hold which adapters, and the agent calls that gets there.
+
+One plan covers every adapter targeting the Deployment, so each adapter's reconcile — running on its own —
+computes the same answer for the others and only acts on its own share. Rules:
+
+- an adapter wants every eligible pod (a ready pod with an agent), or `serving.replicas` of them;
+- each pod holds at most `capacity` adapters (the Deployment's `--max-cpu-loras`);
+- older adapters are placed first (creation time, then name), so a new adapter never pushes out one that
+  already serves: when capacity runs out, the newest adapters are the ones left short;
+- a pod that already holds the adapter is kept (no churn on every reconcile), then the least-loaded pods,
+  then by name (deterministic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from loraops.agent.models import AdapterRecord
+
+TERMINAL_REASONS = frozenset(
+    {
+        "DigestMismatch",
+        "UnsafePath",
+        "Symlink",
+        "TooLarge",
+        "TooManyFiles",
+        "SourceNotFound",
+        "AccessDenied",
+        "MissingCredentials",
+        "InvalidManifest",
+        "ArtifactMissing",
+        "InvalidUri",
+        "UnsupportedScheme",
+        "ForbiddenPath",
+        "CredentialsUnavailable",
+        "InvalidDigest",
+        "InvalidName",
+        "InvalidRequest",
+    }
+)
+"""Agent reasons that say the artifact (or the request for it) is unusable: retrying cannot help."""
+INTEGRITY_REASONS = frozenset({"DigestMismatch", "UnsafePath", "Symlink", "InvalidManifest", "ArtifactMissing"})
+"""Agent reasons that mean the bytes are not the release: the adapter is not Verified."""
+
+
+@dataclass(frozen=True)
+class PodView:
+    """One pod of the Deployment as observed: readiness, its agent's URL and what the agent holds."""
+
+    name: str
+    ready: bool
+    url: str | None
+    records: dict[str, AdapterRecord] | None = None
+    """The agent's records by adapter name; None when the agent did not answer."""
+    error: str | None = None
+    """Why the agent could not be read."""
+
+    @property
+    def eligible(self) -> bool:
+        return self.ready and self.url is not None
+
+
+@dataclass(frozen=True)
+class AdapterWant:
+    name: str
+    created: str
+    """creationTimestamp (RFC 3339 sorts as text): older adapters are placed first."""
+    replicas: int | None = None
+    placeable: bool = True
+    """False while the adapter cannot be loaded (unresolved source, incompatible): it takes no capacity."""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    pods: tuple[str, ...]
+    wanted: int
+    """Replicas wanted: `serving.replicas`, or every eligible pod."""
+    short_by_capacity: int = 0
+    """Replicas not assigned because every other eligible pod is full."""
+
+
+def plan_placement(adapters: list[AdapterWant], pods: list[PodView], capacity: int) -> dict[str, Assignment]:
+    eligible = sorted((p for p in pods if p.eligible), key=lambda p: p.name)
+    load = {p.name: 0 for p in eligible}
+    plan: dict[str, Assignment] = {}
+    for adapter in sorted(adapters, key=lambda a: (a.created, a.name)):
+        wanted = adapter.replicas if adapter.replicas is not None else len(eligible)
+        if not adapter.placeable:
+            plan[adapter.name] = Assignment((), wanted)
+            continue
+        reachable = min(wanted, len(eligible))
+        free = [p for p in eligible if load[p.name] < max(capacity, 0)]
+
+        def preference(pod: PodView, name: str = adapter.name) -> tuple[int, int, str]:
+            holds = pod.records is not None and name in pod.records
+            return (0 if holds else 1, load[pod.name], pod.name)
+
+        chosen = sorted(free, key=preference)[:reachable]
+        for pod in chosen:
+            load[pod.name] += 1
+        plan[adapter.name] = Assignment(
+            tuple(sorted(p.name for p in chosen)), wanted, short_by_capacity=reachable - len(chosen)
+        )
+    return plan
+
+
+@dataclass
+class Actions:
+    put: list[str] = field(default_factory=list)
+    """Pods whose agent must be told to hold the adapter (PUT)."""
+    delete: list[str] = field(default_factory=list)
+    """Pods whose agent must drop it (DELETE)."""
+
+
+def plan_actions(name: str, digest: str | None, assignment: Assignment, pods: list[PodView]) -> Actions:
+    """Agent calls for one adapter. A pod is told only what it lacks: a Loaded record of the same digest
+    needs nothing, a Loading one is the agent's own work in progress (it loads when vLLM answers), a Failed
+    one is retried. Pods whose agent did not answer are left for the next reconcile."""
+    actions = Actions()
+    chosen = set(assignment.pods)
+    for pod in pods:
+        if not pod.eligible or pod.records is None:
+            continue
+        record = pod.records.get(name)
+        if pod.name in chosen and digest is not None:
+            same = record is not None and record.digest.removeprefix("sha256:") == digest
+            if not same or (record is not None and record.state in ("Failed", "Unloading")):
+                actions.put.append(pod.name)
+        elif record is not None and pod.name not in chosen:
+            actions.delete.append(pod.name)
+    return actions
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one agent said for one adapter during this reconcile."""
+
+    record: AdapterRecord | None = None
+    reason: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class PlacementView:
+    pod: str
+    state: str
+    digest: str | None = None
+    served_name: str | None = None
+    loaded_at: datetime | None = None
+    reason: str | None = None
+    message: str | None = None
+    size: int | None = None
+    files: int | None = None
+
+
+def placements(
+    name: str,
+    digest: str | None,
+    assignment: Assignment,
+    pods: list[PodView],
+    outcomes: dict[str, Outcome],
+) -> list[PlacementView]:
+    """Per pod: the agent's latest word on the adapter (the call just made, else the record listed)."""
+    views: list[PlacementView] = []
+    by_name = {p.name: p for p in pods}
+    chosen = set(assignment.pods)
+    names = sorted(chosen | {p.name for p in pods if p.records and name in p.records})
+    for pod_name in names:
+        pod = by_name.get(pod_name)
+        outcome = outcomes.get(pod_name, Outcome())
+        record = outcome.record
+        if record is None and outcome.reason is None and pod is not None and pod.records is not None:
+            record = pod.records.get(name)
+        if pod_name not in chosen:
+            if outcome.reason is None and outcome.record is None and pod_name in outcomes:
+                continue  # unloaded just now
+            views.append(PlacementView(pod_name, "Unloading", record.digest if record else None))
+            continue
+        if outcome.reason is not None:
+            failed = outcome.reason in TERMINAL_REASONS or outcome.reason.startswith("Vllm")
+            state = "Failed" if failed else "Loading"
+            views.append(PlacementView(pod_name, state, digest, reason=outcome.reason, message=outcome.message))
+        elif record is not None and record.digest.removeprefix("sha256:") == digest:
+            views.append(
+                PlacementView(
+                    pod_name,
+                    record.state,
+                    digest,
+                    record.served_name,
+                    record.loaded_at,
+                    record.reason,
+                    record.message,
+                    record.size,
+                    record.files,
+                )
+            )
+        elif pod is not None and pod.records is None:
+            views.append(PlacementView(pod_name, "Loading", digest, message=f"agent unavailable: {pod.error}"))
+        else:
+            views.append(PlacementView(pod_name, "Loading", digest, message="waiting for the agent"))
+    return views

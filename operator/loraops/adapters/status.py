@@ -1,0 +1,245 @@
+"""LoraAdapter status (pure): conditions, phase and the summary columns from what one reconcile observed.
+
+Ready = Verified ∧ Compatible ∧ Loaded (∧ Evaluated when `spec.evaluation` is set). Each condition carries
+the precise reason of the first thing in its way; Events are emitted on transitions only, so a resync every
+few minutes does not repeat them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from loraops.api.adapter import (
+    EvaluationResult,
+    LoraAdapterSpec,
+    LoraAdapterStatus,
+    Placement,
+    ReleaseSummary,
+    ResolvedArtifact,
+)
+from loraops.api.common import Condition
+from loraops.kube.conditions import find, set_condition
+
+from .placement import INTEGRITY_REASONS, TERMINAL_REASONS, Assignment, PlacementView
+from .preflight import Source, Verdict
+
+CONDITIONS = ("Verified", "Compatible", "Loaded", "Evaluated")
+TERMINAL_EVAL_REASONS = {"BelowMinDelta", "SliceRegression", "EvaluationFailed", "GoldenSetUnavailable"}
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Observation:
+    """Everything the status is computed from."""
+
+    spec: LoraAdapterSpec
+    source: Source | Verdict
+    compatible: Verdict | None = None
+    """None while the source is unresolved."""
+    assignment: Assignment | None = None
+    placements: list[PlacementView] = field(default_factory=list)
+    evaluation: Verdict | None = None
+    """None when `spec.evaluation` is unset."""
+    evaluation_result: EvaluationResult | None = None
+    deployment_changes: list[str] = field(default_factory=list)
+    """What the Deployment patch of this reconcile changed (for an Event)."""
+
+
+def _verified(obs: Observation) -> Verdict:
+    if isinstance(obs.source, Verdict):
+        return obs.source
+    digest = obs.source.digest
+    bad = [p for p in obs.placements if p.state == "Failed" and p.reason in INTEGRITY_REASONS]
+    if bad:
+        first = bad[0]
+        return Verdict("False", first.reason or "DigestMismatch", f"pod {first.pod}: {first.message or ''}".strip())
+    refused = [p for p in obs.placements if p.state == "Failed" and p.reason in TERMINAL_REASONS]
+    if refused:
+        first = refused[0]
+        return Verdict("False", first.reason or "ArtifactRefused", f"pod {first.pod}: {first.message or ''}".strip())
+    loaded = [p for p in obs.placements if p.state == "Loaded" and p.digest == digest]
+    if loaded:
+        return Verdict(
+            "True",
+            "DigestVerified",
+            f"every file matches digest {digest[:12]}… (verified by the agents of {len(loaded)} pod(s))",
+        )
+    return Verdict("Unknown", "AwaitingAgent", "no agent has verified the artifact yet")
+
+
+def _loaded(obs: Observation) -> tuple[Verdict, int, int]:
+    assignment = obs.assignment or Assignment((), 0)
+    loaded = sum(1 for p in obs.placements if p.state == "Loaded" and p.pod in assignment.pods)
+    wanted = assignment.wanted
+    deployment = obs.spec.serving.deployment
+    if obs.compatible is None or obs.compatible.status != "True":
+        return Verdict("False", "NotCompatible", "not loaded: see condition Compatible"), loaded, wanted
+    if wanted == 0:
+        message = f"no ready pod of Deployment {deployment} runs the loraops agent yet"
+        return Verdict("False", "NoReadyReplicas", message), loaded, wanted
+    if loaded >= wanted:
+        return Verdict("True", "AllReplicasLoaded", f"loaded on {loaded}/{wanted} replicas"), loaded, wanted
+    failed = [p for p in obs.placements if p.state == "Failed" and p.pod in assignment.pods]
+    if failed:
+        first = failed[0]
+        message = f"loaded on {loaded}/{wanted}; pod {first.pod}: {first.reason}: {first.message or ''}".strip()
+        return Verdict("False", "LoadFailed", message), loaded, wanted
+    if assignment.short_by_capacity:
+        message = (
+            f"loaded on {loaded}/{wanted}; {assignment.short_by_capacity} replica(s) cannot be placed: every other "
+            f"ready pod holds --max-cpu-loras adapters (older adapters keep their places)"
+        )
+        return Verdict("False", "CapacityExceeded", message), loaded, wanted
+    if len(assignment.pods) < wanted:
+        message = f"loaded on {loaded}/{wanted}; only {len(assignment.pods)} ready pod(s) run the agent"
+        return Verdict("False", "NotEnoughReplicas", message), loaded, wanted
+    return Verdict("False", "Loading", f"loaded on {loaded}/{wanted} replicas"), loaded, wanted
+
+
+def _phase(verdicts: dict[str, Verdict], ready: bool) -> str:
+    if ready:
+        return "Ready"
+    verified, compatible = verdicts["Verified"], verdicts["Compatible"]
+    if verified.reason in ("TrainingPending", "TrainingNotFound") or compatible.reason == "DeploymentNotFound":
+        return "Pending"
+    if verified.status == "False" or compatible.status == "False":
+        return "Failed"
+    evaluated = verdicts.get("Evaluated")
+    if evaluated is not None and evaluated.status == "False" and evaluated.reason in TERMINAL_EVAL_REASONS:
+        return "Failed"
+    if verdicts["Loaded"].status != "True":
+        # The agents verify while they load: until one has, the adapter is Verifying.
+        return "Loading" if verified.status == "True" else "Verifying"
+    return "Evaluating"
+
+
+def plan_status(
+    current: dict[str, Any] | None, generation: int | None, name: str, obs: Observation, now: datetime
+) -> tuple[dict[str, Any], list[Event]]:
+    status = LoraAdapterStatus.model_validate(current or {})
+    conditions: list[Condition] | None = set_condition(
+        status.conditions, "Accepted", "True", "SpecValid", "the spec is valid", generation, now
+    )
+    events: list[Event] = []
+
+    def put(type_: str, verdict: Verdict) -> None:
+        nonlocal conditions
+        before = find(conditions, type_)
+        conditions = set_condition(
+            conditions,
+            type_,
+            verdict.status,  # type: ignore[arg-type]
+            verdict.reason,
+            verdict.message,
+            generation,
+            now,
+        )
+        changed = before is None or before.status != verdict.status or before.reason != verdict.reason
+        if changed and verdict.status != "Unknown":
+            events.append(Event("Normal" if verdict.status == "True" else "Warning", verdict.reason, verdict.message))
+
+    verdicts: dict[str, Verdict] = {"Verified": _verified(obs)}
+    verdicts["Compatible"] = obs.compatible or Verdict("Unknown", "SourcePending", "waiting for the source")
+    loaded, count, wanted = _loaded(obs)
+    verdicts["Loaded"] = loaded
+    if obs.evaluation is not None:
+        verdicts["Evaluated"] = obs.evaluation
+    elif find(conditions, "Evaluated") is not None:
+        conditions = [c for c in conditions or [] if c.type != "Evaluated"]  # evaluation was removed from spec
+    for type_ in CONDITIONS:
+        if type_ in verdicts:
+            put(type_, verdicts[type_])
+    ready = all(v.status == "True" for v in verdicts.values())
+    blocking = next((v for t, v in verdicts.items() if v.status != "True"), None)
+    served = next((p.served_name for p in obs.placements if p.state == "Loaded" and p.served_name), None)
+    served = served or status.served_name
+    if ready:
+        put("Ready", Verdict("True", "Ready", f"serving as {served or name} on {count}/{wanted} replicas"))
+    else:
+        assert blocking is not None
+        put("Ready", Verdict("False", blocking.reason, blocking.message))
+    if obs.deployment_changes:
+        changes = ", ".join(obs.deployment_changes)
+        events.append(Event("Normal", "DeploymentPatched", f"Deployment {obs.spec.serving.deployment}: {changes}"))
+
+    artifact = status.artifact
+    if isinstance(obs.source, Source):
+        sized = next((p for p in obs.placements if p.state == "Loaded" and p.digest == obs.source.digest), None)
+        artifact = ResolvedArtifact(
+            uri=obs.source.uri,
+            digest=obs.source.digest,
+            size_bytes=sized.size if sized else (artifact.size_bytes if artifact else None),
+            files=sized.files if sized else (artifact.files if artifact else None),
+        )
+    spec = obs.spec
+    release = ReleaseSummary(
+        version=spec.release.version,
+        digest=obs.source.digest if isinstance(obs.source, Source) else None,
+        dataset_version=spec.release.dataset_version,
+        prompt_version=spec.release.prompt_version,
+        merge_state=spec.release.merge_state,
+        owner=spec.provenance.owner,
+        license=spec.provenance.license,
+        trained_by=spec.source.training_ref.name if spec.source.training_ref else None,
+    )
+    placements = [
+        Placement(
+            pod=p.pod,
+            state=p.state,
+            digest=p.digest,
+            served_name=p.served_name,
+            loaded_at=p.loaded_at,
+            message=(f"{p.reason}: {p.message}" if p.reason and p.state == "Failed" else p.message) or None,
+        )
+        for p in obs.placements
+    ]
+    updated = status.model_copy(
+        update={
+            "phase": _phase(verdicts, ready),
+            "artifact": artifact,
+            "served_name": served,
+            "evaluation": obs.evaluation_result or status.evaluation if spec.evaluation else None,
+            "placements": placements,
+            "ready_replicas": f"{count}/{wanted}",
+            "release": release,
+            "message": (
+                f"Ready: serving as {served or name} on {count}/{wanted} replicas"
+                if ready
+                else f"{blocking.reason}: {blocking.message}"
+                if blocking
+                else None
+            ),
+            "observed_generation": generation,
+            "conditions": conditions,
+        }
+    )
+    return updated.model_dump(by_alias=True, exclude_none=True, mode="json"), events
+
+
+def plan_deletion_status(
+    current: dict[str, Any] | None, generation: int | None, routes: list[str], now: datetime
+) -> tuple[dict[str, Any], list[Event]]:
+    """While routes send traffic to the adapter: phase Deleting, condition DeletionBlocked naming them."""
+    status = LoraAdapterStatus.model_validate(current or {})
+    before = find(status.conditions, "DeletionBlocked")
+    if routes:
+        message = f"AdapterRoute(s) {', '.join(routes)} still send traffic to this adapter; move them first"
+        conditions = set_condition(
+            status.conditions, "DeletionBlocked", "True", "RoutedTraffic", message, generation, now
+        )
+        event = Event("Warning", "DeletionBlocked", message)
+    else:
+        message = "no route sends traffic here: unloading from every pod"
+        conditions = set_condition(status.conditions, "DeletionBlocked", "False", "Unloading", message, generation, now)
+        event = Event("Normal", "Unloading", message)
+    changed = before is None or before.status != ("True" if routes else "False") or before.message != message
+    updated = status.model_copy(update={"phase": "Deleting", "message": message, "conditions": conditions})
+    return updated.model_dump(by_alias=True, exclude_none=True, mode="json"), [event] if changed else []
