@@ -250,3 +250,22 @@ def test_pause_waits_for_the_promote_annotation(world: dict[str, Any]) -> None:
     wait_for(lambda: status(api).get("currentStep") == 1, message="past the pause")
     annotations = api.get("adapterroutes", NAMESPACE, "support-bot")["metadata"].get("annotations") or {}
     assert "loraops.io/promote" not in annotations, "the annotation acts once"
+
+
+def test_spec_change_mid_rollout_restarts_toward_the_new_target(world: dict[str, Any]) -> None:
+    api, upstream = world["api"], world["upstream"]
+    for name in ("v1", "v2", "v3"):
+        seed_adapter(api, name)
+    manifest = route_manifest("v1", [{"weight": 10}, {"pause": {}}], upstream.port)
+    manifest["spec"]["analysis"]["minRequests"] = 0  # no client traffic in this test: an empty window passes
+    api.create("adapterroutes", manifest, NAMESPACE)
+    wait_for(lambda: status(api).get("stableAdapter") == "v1", message="v1")
+    set_adapter(api, "v2")
+    wait_for(lambda: status(api).get("phase") == "Paused", timeout=30, message="v2 paused at step 2")
+    set_adapter(api, "v3")
+    restarted = wait_for(
+        lambda: (s := status(api)).get("canaryAdapter") == "v3" and s, timeout=30, message="restart toward v3"
+    )
+    assert restarted["stableAdapter"] == "v1" and restarted["currentStep"] == 0
+    weights = {b.get("adapter"): b["weight"] for b in restarted["traffic"]["entries"][-1]["backends"]}
+    assert weights == {"v1": 90, "v3": 10}, "v2 got no traffic once the spec moved on"
