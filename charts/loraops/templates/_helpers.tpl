@@ -108,3 +108,14 @@ app.kubernetes.io/component: {{ .component }}
   resources: [adapterroutes]
   verbs: [get, list, watch]
 {{- end -}}
+
+{{/* --router-metrics-url values (a JSON list): explicit, or the router Service when it has one replica. */}}
+{{- define "loraops.routerMetricsUrls" -}}
+{{- if .Values.operator.routerMetricsUrls -}}
+{{- toJson .Values.operator.routerMetricsUrls -}}
+{{- else if and .Values.router.enabled (eq (int .Values.router.replicas) 1) (not .Values.router.autoscaling.enabled) -}}
+{{- list (printf "http://%s-router.%s.svc:%v/metrics" (include "loraops.fullname" .) .Release.Namespace .Values.router.service.port) | toJson -}}
+{{- else -}}
+[]
+{{- end -}}
+{{- end -}}
