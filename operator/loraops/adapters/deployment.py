@@ -347,8 +347,10 @@ def plan_deployment(
     if present and not current.runtime_updates:
         shown = "from a reference" if value is None else repr(value)
         plan.conflicts.append(f"{RUNTIME_ENV} is set {shown} by the user; runtime adapter loading needs True")
+        plan.limits = current
+        return plan  # rolling the pods would not make adapters loadable
     target = desired_limits(current, needs, config)
-    plan.limits = target if not plan.conflicts else current
+    plan.limits = target
 
     template = copy.deepcopy((deployment.get("spec") or {}).get("template") or {})
     pod_spec = template.setdefault("spec", {})

@@ -40,6 +40,8 @@ TERMINAL_REASONS = frozenset(
     }
 )
 """Agent reasons that say the artifact (or the request for it) is unusable: retrying cannot help."""
+TRANSIENT_REASONS = frozenset({"VllmUnavailable", "StorageUnavailable", "AgentUnavailable"})
+"""Reasons that mean "not yet": the agent keeps a verified adapter and loads it once vLLM answers."""
 INTEGRITY_REASONS = frozenset({"DigestMismatch", "UnsafePath", "Symlink", "InvalidManifest", "ArtifactMissing"})
 """Agent reasons that mean the bytes are not the release: the adapter is not Verified."""
 
@@ -178,8 +180,7 @@ def placements(
             views.append(PlacementView(pod_name, "Unloading", record.digest if record else None))
             continue
         if outcome.reason is not None:
-            failed = outcome.reason in TERMINAL_REASONS or outcome.reason.startswith("Vllm")
-            state = "Failed" if failed else "Loading"
+            state = "Loading" if outcome.reason in TRANSIENT_REASONS else "Failed"
             views.append(PlacementView(pod_name, state, digest, reason=outcome.reason, message=outcome.message))
         elif record is not None and record.digest.removeprefix("sha256:") == digest:
             views.append(

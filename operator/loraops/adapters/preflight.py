@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraops.api.adapter import LoraAdapterSpec
+from loraops.api.common import ConditionStatus
 from loraops.config import OperatorConfig
 
 from .deployment import DeploymentPlan, rank_limit
@@ -45,7 +46,7 @@ class Source:
 
 @dataclass(frozen=True)
 class Verdict:
-    status: str  # True | False | Unknown
+    status: ConditionStatus
     reason: str
     message: str
 

@@ -80,7 +80,9 @@ def _loaded(obs: Observation) -> tuple[Verdict, int, int]:
     loaded = sum(1 for p in obs.placements if p.state == "Loaded" and p.pod in assignment.pods)
     wanted = assignment.wanted
     deployment = obs.spec.serving.deployment
-    if obs.compatible is None or obs.compatible.status != "True":
+    if obs.compatible is None:
+        return Verdict("Unknown", "SourcePending", "waiting for the source"), loaded, wanted
+    if obs.compatible.status != "True":
         return Verdict("False", "NotCompatible", "not loaded: see condition Compatible"), loaded, wanted
     if wanted == 0:
         message = f"no ready pod of Deployment {deployment} runs the loraops agent yet"
@@ -130,20 +132,15 @@ def plan_status(
     )
     events: list[Event] = []
 
-    def put(type_: str, verdict: Verdict) -> None:
+    def put(type_: str, verdict: Verdict, quiet: bool = False) -> None:
         nonlocal conditions
         before = find(conditions, type_)
-        conditions = set_condition(
-            conditions,
-            type_,
-            verdict.status,  # type: ignore[arg-type]
-            verdict.reason,
-            verdict.message,
-            generation,
-            now,
-        )
+        conditions = set_condition(conditions, type_, verdict.status, verdict.reason, verdict.message, generation, now)
         changed = before is None or before.status != verdict.status or before.reason != verdict.reason
-        if changed and verdict.status != "Unknown":
+        # Ready repeats another condition's reason: it is worth an Event only when it is won or lost.
+        lost = before is not None and before.status == "True" and verdict.status != "True"
+        worth = (verdict.status == "True" or lost) if quiet else verdict.status != "Unknown"
+        if changed and worth:
             events.append(Event("Normal" if verdict.status == "True" else "Warning", verdict.reason, verdict.message))
 
     verdicts: dict[str, Verdict] = {"Verified": _verified(obs)}
@@ -158,14 +155,17 @@ def plan_status(
         if type_ in verdicts:
             put(type_, verdicts[type_])
     ready = all(v.status == "True" for v in verdicts.values())
-    blocking = next((v for t, v in verdicts.items() if v.status != "True"), None)
+    # What stands in the way: a refusal before a wait (an unknown Verified must not hide an incompatibility).
+    blocking = next((v for v in verdicts.values() if v.status == "False"), None) or next(
+        (v for v in verdicts.values() if v.status != "True"), None
+    )
     served = next((p.served_name for p in obs.placements if p.state == "Loaded" and p.served_name), None)
     served = served or status.served_name
     if ready:
-        put("Ready", Verdict("True", "Ready", f"serving as {served or name} on {count}/{wanted} replicas"))
+        put("Ready", Verdict("True", "Ready", f"serving as {served or name} on {count}/{wanted} replicas"), quiet=True)
     else:
         assert blocking is not None
-        put("Ready", Verdict("False", blocking.reason, blocking.message))
+        put("Ready", Verdict("False", blocking.reason, blocking.message), quiet=True)
     if obs.deployment_changes:
         changes = ", ".join(obs.deployment_changes)
         events.append(Event("Normal", "DeploymentPatched", f"Deployment {obs.spec.serving.deployment}: {changes}"))

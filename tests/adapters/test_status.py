@@ -1,0 +1,144 @@
+"""Adapter status: Ready = Verified ∧ Compatible ∧ Loaded (∧ Evaluated), phases, reasons, Events on change."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from loraops.adapters.placement import Assignment, PlacementView
+from loraops.adapters.preflight import Source, Verdict
+from loraops.adapters.routes import routes_sending_to
+from loraops.adapters.status import Observation, plan_deletion_status, plan_status
+from loraops.api.adapter import LoraAdapterSpec
+
+pytestmark = pytest.mark.adapters
+
+DIGEST = "9f" * 32
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
+LATER = datetime(2026, 11, 1, 0, 5, tzinfo=UTC)
+COMPATIBLE = Verdict("True", "Compatible", "fits")
+SOURCE = Source("s3://adapters/support/support-v1/", DIGEST, "s3-reader")
+ALL3 = Assignment(("p0", "p1", "p2"), 3)
+
+
+@pytest.fixture
+def spec(examples: dict[str, Any]) -> LoraAdapterSpec:
+    raw = copy.deepcopy(examples["LoraAdapter"]["spec"])
+    raw.pop("evaluation")
+    return LoraAdapterSpec.model_validate(raw)
+
+
+def loaded(pod: str, state: str = "Loaded", **extra: Any) -> PlacementView:
+    return PlacementView(pod, state, DIGEST, "support-v1", NOW if state == "Loaded" else None, **extra)
+
+
+def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def test_ready_on_every_replica(spec: LoraAdapterSpec) -> None:
+    obs = Observation(spec, SOURCE, COMPATIBLE, ALL3, [loaded("p0", size=9, files=3), loaded("p1"), loaded("p2")])
+    status, events = plan_status(None, 2, "support-v1", obs, NOW)
+    assert status["phase"] == "Ready" and status["readyReplicas"] == "3/3" and status["servedName"] == "support-v1"
+    assert cond(status, "Ready")["status"] == "True" and cond(status, "Verified")["reason"] == "DigestVerified"
+    assert status["artifact"] == {"uri": SOURCE.uri, "digest": DIGEST, "sizeBytes": 9, "files": 3}
+    assert [p["pod"] for p in status["placements"]] == ["p0", "p1", "p2"]
+    assert status["release"]["version"] == "1.0.0" and status["release"]["owner"] == "support-ml"
+    assert status["release"]["digest"] == DIGEST and status["observedGeneration"] == 2
+    assert {e.reason for e in events} >= {"DigestVerified", "Compatible", "AllReplicasLoaded", "Ready"}
+    again, repeated = plan_status(status, 2, "support-v1", obs, LATER)
+    assert again == status and repeated == [], "a resync changes nothing and says nothing"
+
+
+def test_partial_load_is_not_ready_and_says_how_far(spec: LoraAdapterSpec) -> None:
+    obs = Observation(spec, SOURCE, COMPATIBLE, ALL3, [loaded("p0"), loaded("p1", "Loading"), loaded("p2", "Loading")])
+    status, _ = plan_status(None, 1, "support-v1", obs, NOW)
+    assert status["phase"] == "Loading" and status["readyReplicas"] == "1/3"
+    assert cond(status, "Loaded")["reason"] == "Loading" and cond(status, "Ready")["status"] == "False"
+
+
+def test_tampered_artifact_is_not_verified_and_failed(spec: LoraAdapterSpec) -> None:
+    bad = loaded("p0", "Failed", reason="DigestMismatch", message="adapter_model.safetensors: sha256 differs")
+    obs = Observation(spec, SOURCE, COMPATIBLE, ALL3, [bad, loaded("p1", "Failed", reason="DigestMismatch")])
+    status, events = plan_status(None, 1, "support-v1", obs, NOW)
+    verified = cond(status, "Verified")
+    assert (verified["status"], verified["reason"]) == ("False", "DigestMismatch") and "p0" in verified["message"]
+    assert status["phase"] == "Failed" and cond(status, "Loaded")["reason"] == "LoadFailed"
+    assert status["placements"][0]["message"].startswith("DigestMismatch: ")
+    assert any(e.type == "Warning" and e.reason == "DigestMismatch" for e in events)
+
+
+def test_waiting_for_the_training_is_pending(spec: LoraAdapterSpec) -> None:
+    obs = Observation(spec, Verdict("Unknown", "TrainingPending", "waiting for LoraTraining t (phase Running)"))
+    status, events = plan_status(None, 1, "support-v1", obs, NOW)
+    assert status["phase"] == "Pending" and cond(status, "Compatible")["reason"] == "SourcePending"
+    assert cond(status, "Ready")["reason"] == "TrainingPending" and "artifact" not in status
+    assert all(e.reason != "TrainingPending" for e in events), "Unknown is not worth an Event"
+
+
+def test_incompatible_is_failed_with_the_precise_reason(spec: LoraAdapterSpec) -> None:
+    verdict = Verdict("False", "RankTooHigh", "rank 128 exceeds the operator's --max-lora-rank bound 64")
+    status, _ = plan_status(None, 1, "support-v1", Observation(spec, SOURCE, verdict, Assignment((), 3)), NOW)
+    assert status["phase"] == "Failed" and cond(status, "Ready")["reason"] == "RankTooHigh"
+    assert cond(status, "Loaded")["reason"] == "NotCompatible"
+
+
+def test_no_ready_replicas_and_capacity(spec: LoraAdapterSpec) -> None:
+    status, _ = plan_status(None, 1, "n", Observation(spec, SOURCE, COMPATIBLE, Assignment((), 0)), NOW)
+    assert cond(status, "Loaded")["reason"] == "NoReadyReplicas" and status["readyReplicas"] == "0/0"
+    short = Observation(spec, SOURCE, COMPATIBLE, Assignment(("p0",), 3, short_by_capacity=2), [loaded("p0")])
+    status, _ = plan_status(None, 1, "n", short, NOW)
+    assert cond(status, "Loaded")["reason"] == "CapacityExceeded" and status["readyReplicas"] == "1/3"
+
+
+def test_evaluation_gates_ready(examples: dict[str, Any]) -> None:
+    spec = LoraAdapterSpec.model_validate(examples["LoraAdapter"]["spec"])
+    placements = [loaded("p0"), loaded("p1"), loaded("p2")]
+    running = Observation(spec, SOURCE, COMPATIBLE, ALL3, placements, Verdict("Unknown", "Evaluating", "Job x"))
+    status, _ = plan_status(None, 1, "a", running, NOW)
+    assert status["phase"] == "Evaluating" and cond(status, "Ready")["status"] == "False"
+    failed = Observation(spec, SOURCE, COMPATIBLE, ALL3, placements, Verdict("False", "BelowMinDelta", "CI -0.1"))
+    status, _ = plan_status(status, 1, "a", failed, NOW)
+    assert status["phase"] == "Failed" and cond(status, "Evaluated")["reason"] == "BelowMinDelta"
+    passed = Observation(spec, SOURCE, COMPATIBLE, ALL3, placements, Verdict("True", "Passed", "Δ +0.2"))
+    status, _ = plan_status(status, 1, "a", passed, NOW)
+    assert status["phase"] == "Ready" and cond(status, "Ready")["status"] == "True"
+
+
+def test_condition_times_move_only_on_change(spec: LoraAdapterSpec) -> None:
+    partial = Observation(spec, SOURCE, COMPATIBLE, ALL3, [loaded("p0"), loaded("p1"), loaded("p2", "Loading")])
+    first, _ = plan_status(None, 1, "a", partial, NOW)
+    done = Observation(spec, SOURCE, COMPATIBLE, ALL3, [loaded("p0"), loaded("p1"), loaded("p2")])
+    second, _ = plan_status(first, 1, "a", done, LATER)
+    assert cond(second, "Compatible")["lastTransitionTime"] == cond(first, "Compatible")["lastTransitionTime"]
+    assert cond(second, "Loaded")["lastTransitionTime"] != cond(first, "Loaded")["lastTransitionTime"]
+
+
+def test_deletion_blocked_names_the_routes_once() -> None:
+    status, events = plan_deletion_status(None, 1, ["support-bot", "vip"], NOW)
+    blocked = cond(status, "DeletionBlocked")
+    assert status["phase"] == "Deleting" and blocked["status"] == "True" and "support-bot, vip" in blocked["message"]
+    assert [e.reason for e in events] == ["DeletionBlocked"]
+    assert plan_deletion_status(status, 1, ["support-bot", "vip"], LATER)[1] == [], "no Event storm while waiting"
+    released, events = plan_deletion_status(status, 1, [], LATER)
+    assert cond(released, "DeletionBlocked")["status"] == "False" and events[0].reason == "Unloading"
+
+
+def route(name: str, spec: dict[str, Any], traffic: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    status = {"traffic": {"entries": traffic}} if traffic else {}
+    return {"metadata": {"name": name}, "spec": spec, "status": status}
+
+
+def test_routes_sending_traffic() -> None:
+    routes = [
+        route("by-spec", {"adapter": "a"}),
+        route("by-tenant", {"tenants": [{"tenants": ["t"], "adapter": "a"}]}),
+        route("by-status", {"adapter": "b"}, [{"backends": [{"adapter": "a", "servedName": "a", "weight": 10}]}]),
+        route("mirror", {}, [{"backends": [{"servedName": "base", "weight": 100}], "mirror": {"adapter": "a"}}]),
+        route("zero-weight", {"adapter": "b"}, [{"backends": [{"adapter": "a", "servedName": "a", "weight": 0}]}]),
+        route("other", {"adapter": "b"}),
+    ]
+    assert routes_sending_to("a", routes) == ["by-spec", "by-status", "by-tenant", "mirror"]
