@@ -331,6 +331,7 @@ def _train(
 
     model.train()
     loop_clock = Clock()
+    loop_cpu = time.process_time()
     run.window_start = time.monotonic()
     run.window_ce = torch.zeros((), device=dist.device, dtype=torch.float32)
     last_step_ce = run.window_ce
@@ -423,6 +424,9 @@ def _train(
                 "Preempted", f"SIGTERM at step {run.step}/{total_steps}; checkpoint written, rerun to resume"
             )
     train_seconds = loop_clock.elapsed()
+    # CPU seconds of this process (all its threads) in the loop: on a shared machine, a throughput that does
+    # not depend on what the neighbours run.
+    train_cpu_seconds = time.process_time() - loop_cpu
     run_tokens = int(dist.sum([float(run.run_tokens)])[0])
 
     eval_loss = None
@@ -502,6 +506,7 @@ def _train(
                 "tokens": run.tokens_total,
                 "tokens_per_second": metrics["tokensPerSecond"],
                 "train_seconds": train_seconds,
+                "train_cpu_seconds": train_cpu_seconds,
             },
         }
         reporter.emit("result", **result)
