@@ -124,8 +124,14 @@ def job(condition: str | None) -> dict[str, Any]:
 
 
 def test_job_outcomes() -> None:
-    summary = {"event": "result", "gate": 1, "metric": "exact_match", "base": 0.5, "adapter": 0.7, "delta": 0.2,
-               "ci": [0.1, 0.3], "n": 20, "golden_sha256": "ef" * 32, "slices": [["billing", 0.5, 0.4, 10]]}  # fmt: skip
+    figures = {"metric": "exact_match", "base": 0.5, "adapter": 0.7, "delta": 0.2, "ci": [0.1, 0.3], "n": 20}
+    summary = {
+        "event": "result",
+        "gate": 1,
+        **figures,
+        "golden_sha256": "ef" * 32,
+        "slices": [["billing", 0.5, 0.4, 10]],
+    }
     assert gate.job_outcome(job(None), []).state == "Running"
     done = gate.job_outcome(job("Complete"), [terminated_pod(json.dumps(summary))])
     assert done.state == "Succeeded" and done.summary == summary
