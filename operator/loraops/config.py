@@ -35,6 +35,8 @@ class OperatorConfig(BaseModel):
     insecure: bool = False
     standalone: bool = True
     """No peering (single replica). HA deployments run peering with `standalone: false`."""
+    priority: int | None = None
+    """Peering priority; the highest-priority replica is active. None with peering: a random one."""
     post_events: bool = True
     trainer_image: str = "ghcr.io/loraops/trainer:0.1.0"
     """Image of LoraTraining Jobs when the spec names none."""

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import random
 import threading
 from typing import Any
 
@@ -71,8 +72,21 @@ async def run_async(config: OperatorConfig, stop_flag: asyncio.Event | threading
         namespaces=config.namespaces or ([] if config.clusterwide else [os.environ.get("POD_NAMESPACE", "default")]),
         liveness_endpoint=liveness,
         standalone=config.standalone,
+        priority=peering_priority(config),
         stop_flag=stop_flag,
     )
+
+
+def peering_priority(config: OperatorConfig) -> int | None:
+    """With peering, replicas of equal priority all pause (kopf's rule): without an explicit priority each
+    replica draws its own, so exactly one is active and the others stand by."""
+    if config.standalone:
+        return None
+    if config.priority is not None:
+        return config.priority
+    priority = random.SystemRandom().randint(1, 1_000_000)
+    logging.getLogger(__name__).info("peering with priority %d", priority)
+    return priority
 
 
 def _operator(args: argparse.Namespace) -> int:
@@ -89,6 +103,7 @@ def _operator(args: argparse.Namespace) -> int:
         server=args.server,
         insecure=args.insecure,
         standalone=not args.peering,
+        priority=args.priority,
         controllers=args.controller or list(HANDLER_MODULES),
         router_metrics_urls=args.router_metrics_url or [],
         **({"trainer_image": args.trainer_image} if args.trainer_image else {}),
@@ -110,6 +125,7 @@ def add_operator_command(sub: Any) -> Any:
     parser.add_argument("--server", help="Kubernetes API URL (dev mode); default: in-cluster or kubeconfig")
     parser.add_argument("--insecure", action="store_true", help="skip TLS verification (dev mode only)")
     parser.add_argument("--peering", action="store_true", help="run with kopf peering (HA with several replicas)")
+    parser.add_argument("--priority", type=int, help="peering priority (default with --peering: a random one)")
     parser.add_argument(
         "--controller", action="append", choices=sorted(HANDLER_MODULES), help="run only these controllers (repeatable)"
     )

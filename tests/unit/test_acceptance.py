@@ -90,3 +90,13 @@ def test_status_patch_sets_changes_and_removes_missing_keys() -> None:
 def test_condition_model_rejects_non_camelcase_reason() -> None:
     with pytest.raises(ValueError):
         Condition(type="Ready", status="True", reason="not a reason", last_transition_time=T0)
+
+
+def test_peering_replicas_draw_distinct_priorities_unless_one_is_given() -> None:
+    from loraops.config import OperatorConfig
+    from loraops.runtime import peering_priority
+
+    assert peering_priority(OperatorConfig(standalone=True)) is None
+    assert peering_priority(OperatorConfig(standalone=False, priority=7)) == 7
+    drawn = {peering_priority(OperatorConfig(standalone=False)) for _ in range(20)}
+    assert len(drawn) > 1 and all(p is not None and p > 0 for p in drawn)
