@@ -100,3 +100,22 @@ def test_peering_replicas_draw_distinct_priorities_unless_one_is_given() -> None
     assert peering_priority(OperatorConfig(standalone=False, priority=7)) == 7
     drawn = {peering_priority(OperatorConfig(standalone=False)) for _ in range(20)}
     assert len(drawn) > 1 and all(p is not None and p > 0 for p in drawn)
+
+
+def test_object_phase_and_condition_metrics_follow_status() -> None:
+    from loraops.kube.metrics import REGISTRY, forget, record_status
+
+    def value(metric: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(metric, labels)
+
+    who = {"kind": "LoraAdapter", "namespace": "ns", "name": "a1"}
+    ready = {"type": "Ready", "status": "False"}
+    record_status("LoraAdapter", "ns", "a1", {"phase": "Loading", "conditions": [ready]})
+    assert value("loraops_object_phase", **who, phase="Loading") == 1
+    assert value("loraops_object_condition", **who, type="Ready", status="False") == 1
+    record_status("LoraAdapter", "ns", "a1", {"phase": "Ready", "conditions": [{**ready, "status": "True"}]})
+    assert value("loraops_object_phase", **who, phase="Loading") is None, "the old phase series is gone"
+    assert value("loraops_object_phase", **who, phase="Ready") == 1
+    assert value("loraops_object_condition", **who, type="Ready", status="False") is None
+    forget("LoraAdapter", "ns", "a1")
+    assert value("loraops_object_phase", **who, phase="Ready") is None

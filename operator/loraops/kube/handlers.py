@@ -20,7 +20,7 @@ from loraops.config import OperatorConfig
 
 from .acceptance import plan_acceptance
 from .client import KubeClient, Resource
-from .metrics import instrumented
+from .metrics import forget, instrumented, record_status
 
 Reconcile = Callable[[kopf.Body, kopf.Logger], Awaitable[None]]
 
@@ -42,9 +42,10 @@ async def write_status(
 ) -> dict[str, Any]:
     """Patch the status keys that differ from `desired`; returns the patch (empty: nothing written)."""
     changes = status_patch(dict(body.get("status") or {}), desired)
+    meta = body["metadata"]
     if changes:
-        meta = body["metadata"]
         await client.apatch(kind_resource(kind), meta.get("namespace"), meta["name"], {"status": changes}, sub="status")
+    record_status(kind.kind, meta.get("namespace") or "", meta["name"], desired)
     return changes
 
 
@@ -94,6 +95,7 @@ def register_reconciler(
     async def on_delete(*, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         if finalize is not None:
             await finalize(body, logger)
+        forget(kind.kind, body["metadata"].get("namespace") or "", body["metadata"]["name"])
         logger.info("%s %s/%s released", kind.kind, body["metadata"].get("namespace"), body["metadata"]["name"])
 
     kopf.on.delete(*resource, registry=registry, id="finalize", backoff=config.retry_seconds)(on_delete)

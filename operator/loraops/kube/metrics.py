@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -55,3 +55,42 @@ def instrumented(kind: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+OBJECT_PHASE = Gauge(
+    "loraops_object_phase",
+    "1 for the phase each loraops object is in (kind, namespace, name, phase).",
+    ["kind", "namespace", "name", "phase"],
+    registry=REGISTRY,
+)
+OBJECT_CONDITION = Gauge(
+    "loraops_object_condition",
+    "1 for the status of each condition of each loraops object (kind, namespace, name, type, status).",
+    ["kind", "namespace", "name", "type", "status"],
+    registry=REGISTRY,
+)
+_last: dict[tuple[str, str, str], tuple[str | None, dict[str, str]]] = {}
+
+
+def record_status(kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Publish an object's phase and conditions, so alerts can say "not Ready for 10 minutes"."""
+    key = (kind, namespace, name)
+    phase = status.get("phase")
+    conditions = {c["type"]: c["status"] for c in status.get("conditions") or [] if "type" in c and "status" in c}
+    old_phase, old_conditions = _last.get(key, (None, {}))
+    if old_phase is not None and old_phase != phase:
+        OBJECT_PHASE.remove(kind, namespace, name, old_phase)
+    if phase is not None:
+        OBJECT_PHASE.labels(kind, namespace, name, phase).set(1)
+    for type_, value in old_conditions.items():
+        if conditions.get(type_) != value:
+            OBJECT_CONDITION.remove(kind, namespace, name, type_, value)
+    for type_, value in conditions.items():
+        OBJECT_CONDITION.labels(kind, namespace, name, type_, value).set(1)
+    _last[key] = (phase, conditions)
+
+
+def forget(kind: str, namespace: str, name: str) -> None:
+    """A deleted object leaves no series behind."""
+    record_status(kind, namespace, name, {})
+    _last.pop((kind, namespace, name), None)
