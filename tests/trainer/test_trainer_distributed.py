@@ -98,3 +98,48 @@ def test_launcher_keeps_the_workers_exit_code(
     assert {e["rank"] for e in errors} == {0, 1}
     assert all(e["reason"] == "TargetModuleNotFound" for e in errors)
     assert not (tmp_path / "o").exists()
+
+
+def test_sigterm_to_the_launcher_checkpoints_every_rank_and_the_restart_resumes(
+    tiny_model: pathlib.Path, datasets: dict[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    """Kubernetes sends SIGTERM to the container's first process: the launcher passes it to the workers, they
+    agree on a step, write one checkpoint (with every rank's RNG state) and exit 143; the rerun resumes."""
+    import signal
+
+    output = tmp_path / "adapter"
+    config = write_config(
+        tmp_path / "config.json",
+        testing.train_config(
+            tiny_model,
+            datasets["chat"],
+            output,
+            fmt="chat",
+            max_steps=30,
+            hyperparameters={"batchSize": 4, "learningRate": 3e-3},
+            lora={"dropout": 0.1},
+        ),
+    )
+    command = [sys.executable, "-m", "loraops_trainer", "train", "--config", str(config), "--nproc-per-node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    assert process.stdout is not None
+    events = []
+    for line in process.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "progress" and events[-1]["step"] >= 5:
+            process.send_signal(signal.SIGTERM)
+            break
+    events += parse_events(process.stdout.read())
+    assert process.wait(timeout=120) == 143
+    (checkpoint,) = [e for e in events if e["event"] == "checkpoint"]
+    stopped_at = checkpoint["step"]
+    assert {e["rank"] for e in events if e["event"] == "error"} == {0, 1}
+    assert all(e["reason"] == "Preempted" for e in events if e["event"] == "error")
+    assert [e["step"] for e in events if e["event"] == "progress"] == list(range(1, stopped_at + 1))
+
+    resumed = run_program("train", "--config", str(config), "--nproc-per-node", "2")
+    assert resumed.code == 0, resumed.stderr[-2000:]
+    assert resumed.of("started")[0]["resumed_from_step"] == stopped_at
+    assert [e["step"] for e in resumed.of("progress")] == list(range(stopped_at + 1, 31))
+    assert run_program("verify", str(output)).code == 0

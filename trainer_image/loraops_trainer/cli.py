@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import pathlib
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ def _launch(args: argparse.Namespace) -> int:
     import socket
     import uuid
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -76,6 +78,12 @@ def _launch(args: argparse.Namespace) -> int:
             if preferred in codes:
                 return preferred
         return errors.EXIT_RUNTIME
+    except SignalException as signalled:
+        # The agent has passed the signal on to the workers and waited for them (each writes its part of the
+        # checkpoint on SIGTERM); the pod is being stopped, which is not a failure of the run.
+        if signalled.sigval == signal.SIGTERM:
+            return errors.EXIT_PREEMPTED
+        raise
     return errors.EXIT_OK
 
 
