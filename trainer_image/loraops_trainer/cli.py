@@ -36,6 +36,9 @@ def _quiet_libraries() -> None:
         pass
 
 
+DEFAULT_MASTER_PORT = 29500
+
+
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
@@ -53,7 +56,8 @@ def _launch(args: argparse.Namespace) -> int:
 
     if args.nnodes > 1 and not args.master_addr:
         raise errors.ConfigError("InvalidLaunch", "--nnodes > 1 needs --master-addr (the rank-0 node's address)")
-    port = args.master_port
+    # Every node must name the same port; alone, any free one will do.
+    port = args.master_port or (DEFAULT_MASTER_PORT if args.nnodes > 1 else 0)
     if not port:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -150,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--nnodes", type=int, default=1, help="nodes taking part")
     train.add_argument("--node-rank", type=int, default=0, help="this node's index (an Indexed Job's index)")
     train.add_argument("--master-addr", default=None, help="rank-0 node's address (multi-node)")
-    train.add_argument("--master-port", type=int, default=0, help="rendezvous port (default: a free one)")
+    train.add_argument(
+        "--master-port", type=int, default=0, help="rendezvous port (default: 29500 across nodes, a free one alone)"
+    )
     train.set_defaults(handler=cmd_train)
 
     verify = commands.add_parser("verify", help="check an adapter directory against its manifest / a digest")
