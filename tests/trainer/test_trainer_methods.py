@@ -129,3 +129,30 @@ def test_all_linear_and_named_targets_are_recorded(
     assert manifest["dataset"]["rows"]["eval"] == 6 and manifest["dataset"]["rows"]["train"] == 58
     assert manifest["metrics"]["evalLoss"] == pytest.approx(result["metrics"]["eval_loss"])
     assert manifest["hyperparameters"]["effectiveBatchSize"] == 16
+
+
+def test_a_separate_eval_file_is_read_hashed_and_recorded(
+    tiny_model: pathlib.Path,
+    datasets: dict[str, pathlib.Path],
+    tmp_path: pathlib.Path,
+    train_inprocess: Callable[..., tuple[dict[str, Any], list[dict[str, Any]]]],
+) -> None:
+    import hashlib
+
+    held_out = testing.write_jsonl(tmp_path / "eval.jsonl", testing.capital_rows("completion", 5, seed=9))
+    digest = hashlib.sha256(held_out.read_bytes()).hexdigest()
+    config = testing.train_config(
+        tiny_model,
+        datasets["completion"],
+        tmp_path / "o",
+        max_steps=2,
+        dataset={"evalUri": f"file://{held_out}", "evalSha256": digest},
+    )
+    result, events = train_inprocess(config)
+    (evaluation,) = [e for e in events if e["event"] == "eval"]
+    assert evaluation["examples"] == 5 and evaluation["eval_loss"] == pytest.approx(
+        result["metrics"]["eval_loss"], rel=1e-5
+    )
+    manifest = json.loads((tmp_path / "o" / "loraops-manifest.json").read_text())
+    assert manifest["dataset"]["eval"] == {"uri": f"file://{held_out}", "sha256": digest}
+    assert manifest["dataset"]["rows"]["train"] == 64 and manifest["dataset"]["rows"]["eval"] == 5

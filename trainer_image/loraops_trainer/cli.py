@@ -31,7 +31,6 @@ def _quiet_libraries() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
     except ImportError:  # pragma: no cover - evaluate over HTTP does not need transformers
         pass
 

@@ -341,7 +341,10 @@ class LocalAnswerer:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        base: Any = AutoModelForCausalLM.from_pretrained(str(base_dir))
+        # The checkpoint's own dtype on GPUs (bf16 for most models); fp32 on CPU, where half precision is slow.
+        base: Any = AutoModelForCausalLM.from_pretrained(
+            str(base_dir), dtype="auto" if self.device.type == "cuda" else torch.float32
+        )
         base.to(self.device)
         try:
             self.model: Any = PeftModel.from_pretrained(base, str(adapter_dir))
