@@ -58,6 +58,8 @@ class Behaviour:
     chunks: int = 4
     chunk_delay_s: float = 0.0
     answer: str | None = None
+    cut_after: int | None = None
+    """Streams: drop the connection after this many events (a pod dying mid-answer)."""
 
 
 @dataclass
@@ -168,6 +170,10 @@ class FakeUpstream:
         words = answer.split(" ")
         pieces = [" ".join(words[i :: b.chunks]) for i in range(b.chunks)] if b.chunks > 1 else [answer]
         for i, piece in enumerate(pieces):
+            if b.cut_after is not None and i == b.cut_after:
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
             event = {
                 "id": "c1",
                 "object": "chat.completion.chunk",

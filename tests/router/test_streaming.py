@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import aiohttp
@@ -99,5 +100,28 @@ def test_disconnect_while_waiting_for_a_non_streaming_answer_cancels_upstream() 
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 await wait_for(lambda: up.cancelled == 1, timeout=5)
+
+    run(main())
+
+
+def test_stream_broken_mid_way_ends_the_client_stream_and_counts_against_the_breaker() -> None:
+    async def main() -> None:
+        cut = Behaviour(chunks=6, cut_after=2)
+        async with upstream(behaviours={"support-v2": cut}) as up:
+            breaker = {"circuitBreaker": {"consecutiveFailures": 2, "cooldown": "60s"}}
+            routes = {"routes": [route("bot", up.url, backends=[("support-v2", "support-v2", 100)], fallback=breaker)]}
+            async with router_for(routes) as router, aiohttp.ClientSession() as s:
+                for _ in range(2):
+                    async with s.post(url(router), json=chat("bot", stream=True)) as resp:
+                        assert resp.status == 200 and resp.headers["x-loraops-adapter"] == "support-v2"
+                        received = b""
+                        with contextlib.suppress(aiohttp.ClientPayloadError):
+                            received = await resp.read()
+                    # No fallback once bytes were sent, and no invented end of stream.
+                    assert b"[DONE]" not in received
+                assert sample(router, "loraops_router_upstream_attempts_total", {"outcome": "stream_error"}) == 2
+                async with s.post(url(router), json=chat("bot", stream=True)) as resp:
+                    assert resp.headers["x-loraops-fallback"] == "circuit_open"
+                    assert (await resp.read()).endswith(b"data: [DONE]\n\n")
 
     run(main())

@@ -447,11 +447,11 @@ class Router:
         response: web.StreamResponse | None = None
         try:
             try:
-                response = await self._attempt(
+                response, healthy = await self._attempt(
                     request, route, target, payload, path, stream, started, reason, primary, request_id
                 )
                 if breaker is not None:
-                    breaker.record(True)
+                    breaker.record(healthy)
             except _Failure as failure:
                 if breaker is not None:
                     breaker.record(False)
@@ -462,7 +462,7 @@ class Router:
                     reason = failure.reason
                     m.child(m.fallbacks, route.model, selected.adapter, reason).inc()
                     try:
-                        response = await self._attempt(
+                        response, _ = await self._attempt(
                             request, route, route.base, payload, path, stream, started, reason, primary, request_id
                         )
                     except _Failure as base_failure:
@@ -489,7 +489,7 @@ class Router:
         reason: str | None,
         primary: asyncio.Future[str | None] | None,
         request_id: str | None,
-    ) -> web.StreamResponse:
+    ) -> tuple[web.StreamResponse, bool]:
         m = self.metrics
         payload["model"] = target.served_name
         strip_usage = False
@@ -562,7 +562,7 @@ class Router:
                 elapsed = time.perf_counter() - started
                 m.child(m.ttft, route.model, target.adapter).observe(elapsed)
                 m.child(m.duration, route.model, target.adapter).observe(elapsed)
-                return web.Response(body=body, status=status, headers=headers_out)
+                return web.Response(body=body, status=status, headers=headers_out), True
             return await self._relay_stream(request, resp, first, route, target, started, reason, strip_usage)
         finally:
             upstream.release(url)
@@ -577,7 +577,7 @@ class Router:
         started: float,
         reason: str | None,
         strip_usage: bool,
-    ) -> web.StreamResponse:
+    ) -> tuple[web.StreamResponse, bool]:
         m = self.metrics
         headers_out = {
             "Content-Type": resp.content_type or "text/event-stream",
@@ -629,7 +629,8 @@ class Router:
         if usage is not None:
             self._count_tokens(route, target, usage)
         m.child(m.duration, route.model, target.adapter).observe(time.perf_counter() - started)
-        return out
+        # A stream that broke after its first byte could not fall back, but it still counts against the breaker.
+        return out, outcome == "ok"
 
     def _outcome(self, route: Route, target: Target, outcome: str) -> None:
         m = self.metrics
