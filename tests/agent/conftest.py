@@ -7,7 +7,8 @@ import json
 import os
 import pathlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +33,23 @@ def free_port() -> int:
 @dataclass
 class FakeVllm:
     """vLLM's runtime LoRA API as NOTES describe it (200 plain text, 400 name taken, 404 missing path, 500 on
-    an injected failure), on a fixed port so it can be stopped and started again like a restarted server."""
+    an injected failure), on a fixed port so it can be stopped and started again like a restarted server.
+
+    Completions are deterministic: the base answers a fixed text with fixed logprobs; an adapter answers by
+    its entry in `answers` — "base" (exactly like the base: what vLLM does for a B = 0 adapter), "logprobs"
+    (same text, other logprobs) or "text" (the default: another text)."""
 
     port: int = field(default_factory=free_port)
+    root: str = "/models/base"
+    """The base model's `root` in /v1/models (vLLM reports its --model path there)."""
     adapters: dict[str, str] = field(default_factory=dict)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     fail_next_load: list[int] = field(default_factory=list)
+    answers: dict[str, str] = field(default_factory=dict)
+    completions: list[dict[str, Any]] = field(default_factory=list)
+    """Completion requests, apart from `calls` (the LoRA API) so probes do not clutter those."""
+    fail_completions: int = 0
+    """Answer this many next completions with 500."""
     healthy: bool = True
     _runner: web.AppRunner | None = None
 
@@ -53,7 +65,7 @@ class FakeVllm:
             return web.Response(status=200 if self.healthy else 503)
 
         async def models(_: web.Request) -> web.Response:
-            data = [{"id": "base", "root": "/models/base", "parent": None}]
+            data = [{"id": "base", "root": self.root, "parent": None}]
             data += [{"id": name, "root": path, "parent": "base"} for name, path in self.adapters.items()]
             return web.json_response({"object": "list", "data": data})
 
@@ -77,7 +89,24 @@ class FakeVllm:
                 return web.Response(status=404, text="not found")
             return web.Response(status=200, text="Success")
 
+        async def completions(request: web.Request) -> web.Response:
+            body = await request.json()
+            self.completions.append(body)
+            model = body.get("model")
+            if model != "base" and model not in self.adapters:
+                error = {"message": f"The model `{model}` does not exist.", "type": "NotFoundError", "param": "model"}
+                return web.json_response({"error": error}, status=404)
+            if self.fail_completions:
+                self.fail_completions -= 1
+                return web.json_response({"error": {"message": "injected"}}, status=500)
+            mode = "base" if model == "base" else self.answers.get(model, "text")
+            text = f" answer to {body['prompt'][:12]!r}" + ("" if mode != "text" else f" from {model}")
+            logprobs = [-0.25, -1.5, -0.125] if mode != "logprobs" else [-0.25, -1.25, -0.125]
+            choice = {"index": 0, "text": text, "logprobs": {"token_logprobs": logprobs}}
+            return web.json_response({"model": model, "choices": [choice]})
+
         app = web.Application()
+        app.router.add_post("/v1/completions", completions)
         app.router.add_get("/health", health)
         app.router.add_get("/v1/models", models)
         app.router.add_post("/v1/load_lora_adapter", load)
@@ -101,16 +130,43 @@ class FakeVllm:
         await self.start()
 
 
+PEFT_TENSORS = tuple(
+    f"base_model.model.model.layers.{layer}.self_attn.{module}.lora_{part}.weight"
+    for layer in (0, 1)
+    for module in ("q_proj", "v_proj")
+    for part in "AB"
+)
+"""What PEFT saves for target_modules q_proj, v_proj on a 2-layer Llama."""
+
+
+def write_safetensors(path: pathlib.Path, names: Sequence[str], size: int, seed: int = 0) -> None:
+    """A valid safetensors file (U8 tensors, `size` data bytes in all) with these tensor names."""
+    each = max(1, size // max(1, len(names)))
+    header: dict[str, Any] = {}
+    for index, name in enumerate(names):
+        header[name] = {"dtype": "U8", "shape": [each], "data_offsets": [index * each, (index + 1) * each]}
+    encoded = json.dumps(header).encode()
+    data = bytes((seed + i) % 256 for i in range(each * len(names)))
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data)
+
+
 def make_adapter(
-    root: pathlib.Path, *, manifest: bool = True, seed: int = 0, weights_size: int = 4096
+    root: pathlib.Path,
+    *,
+    manifest: bool = True,
+    seed: int = 0,
+    weights_size: int = 4096,
+    tensors: Sequence[str] = PEFT_TENSORS,
+    target_modules: list[str] | str | None = None,
 ) -> tuple[pathlib.Path, str]:
     """A PEFT-shaped folder (config + weights, optionally the loraops manifest); returns (folder, digest)."""
     root.mkdir(parents=True, exist_ok=True)
+    targets = ["q_proj", "v_proj"] if target_modules is None else target_modules
     (root / "adapter_config.json").write_text(
-        json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}),
+        json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": targets}),
         encoding="utf-8",
     )
-    (root / "adapter_model.safetensors").write_bytes(bytes((seed + i) % 256 for i in range(weights_size)))
+    write_safetensors(root / "adapter_model.safetensors", tensors, weights_size, seed)
     if manifest:
         write_manifest(root, build_manifest(root, kind="adapter", merge_state="unmerged"))
     digest, _ = hash_directory(root)
@@ -183,6 +239,16 @@ async def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"never happened: {what}")
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def llama_dir(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A base model folder as the agent reads it: only config.json matters (architecture, layer count)."""
+    folder = tmp_path / "models" / "tiny-llama"
+    folder.mkdir(parents=True)
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 2}
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
 
 
 @pytest.fixture

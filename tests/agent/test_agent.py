@@ -73,7 +73,9 @@ async def test_put_downloads_verifies_installs_and_loads(start_agent, fake_vllm,
     assert metric(text, "loraops_agent_loads_total", trigger="put", result="ok") == 1
     assert metric(text, "loraops_agent_load_duration_seconds_count") == 1
     assert metric(text, "loraops_agent_adapters_loaded") == 1
-    assert metric(text, "loraops_agent_adapter_info", name="support-v1", served_name="support-v1", digest=digest) == 1
+    info = {"name": "support-v1", "served_name": "support-v1", "digest": digest[:12], "rank": "8"}
+    assert metric(text, "loraops_agent_adapter_info", **info) == 1
+    assert metric(text, "loraops_agent_adapter_effective", name="support-v1", served_name="support-v1") == 1
 
 
 async def test_plain_peft_folder_without_manifest_is_verified_by_the_digest_rule(

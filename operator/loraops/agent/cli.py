@@ -27,6 +27,11 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         vllm_timeout=args.vllm_timeout,
         token=token or None,
         schemes=tuple(args.scheme) if args.scheme else ("file", "pvc", "s3"),
+        base_model_dir=pathlib.Path(args.base_model_dir) if args.base_model_dir else None,
+        unknown_architecture=args.unknown_architecture,
+        lora_embeddings=args.lora_embeddings,
+        probe=args.probe,
+        converter_python=args.converter_python,
     )
 
 
@@ -61,6 +66,22 @@ def add_agent_command(sub: Any) -> Any:
     parser.add_argument("--watch-interval", type=float, default=2.0, help="seconds between vLLM health checks")
     parser.add_argument("--vllm-timeout", type=float, default=30.0, help="seconds allowed for one vLLM call")
     parser.add_argument("--token-file", help="file holding the bearer token /v1 requests must carry")
+    parser.add_argument(
+        "--base-model-dir", help="the served model's folder as the agent sees it (default: vLLM's model root)"
+    )
+    parser.add_argument(
+        "--unknown-architecture",
+        choices=["allow", "refuse"],
+        default="allow",
+        help="a base architecture without a module table: load unchecked (probe still runs) or refuse",
+    )
+    parser.add_argument(
+        "--lora-embeddings", action="store_true", help="accept LoRA on embed_tokens/lm_head (vLLM applies it)"
+    )
+    parser.add_argument(
+        "--no-probe", dest="probe", action="store_false", help="skip the effect probe after loads (not advised)"
+    )
+    parser.add_argument("--converter-python", help="Python with torch + safetensors for convertPickle opt-ins")
     parser.add_argument("-v", "--verbose", action="store_true")
     return _agent
 

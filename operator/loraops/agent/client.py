@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from loraops.agent.models import AdapterList, AdapterRecord, ErrorBody, PutAdapter, PutResult
+from loraops.agent.models import AdapterList, AdapterRecord, ErrorBody, ProbeSpec, PutAdapter, PutResult
 
 
 class AgentError(Exception):
@@ -102,14 +102,27 @@ class AgentClient:
         *,
         served_name: str | None = None,
         credentials_secret: str | None = None,
+        convert_pickle: bool = False,
+        probe: ProbeSpec | None = None,
     ) -> AdapterRecord:
         """Make the agent hold `name` at `digest` (idempotent); returns the record once loaded.
 
-        Raises AgentError: 400 bad request, 409 served name taken, 422 artifact refused (reason says why:
-        DigestMismatch, UnsafePath, Symlink, TooLarge, TooManyFiles, SourceNotFound…), 502 store or vLLM
-        error, 503 vLLM unavailable (the verified adapter is held and loads when vLLM is back).
+        The record says whether the effect probe saw the adapter change anything (`effective`; False with a
+        `probe_message` means it answers like the base model: not Ready). Raises AgentError: 400 bad request,
+        409 served name taken, 422 artifact refused (reason says why: DigestMismatch, UnsafePath, Symlink,
+        TooLarge, TooManyFiles, SourceNotFound, UnsafeFormat, ConversionUnavailable, IncompatibleModules,
+        InvalidWeights, InvalidAdapter, UnknownArchitecture…), 502 store or vLLM error, 503 vLLM unavailable
+        (the verified adapter is held and loads when vLLM is back).
         """
-        body = PutAdapter(uri=uri, digest=digest, served_name=served_name, credentials_secret=credentials_secret)
+        body = PutAdapter(
+            uri=uri,
+            digest=digest,
+            served_name=served_name,
+            credentials_secret=credentials_secret,
+            # Only sent when used, so the body stays acceptable to agents that predate these fields.
+            convert_pickle=True if convert_pickle else None,
+            probe=probe,
+        )
         status, data = await self._call("PUT", f"/v1/adapters/{name}", body.wire())
         if status != 200:
             raise self._raise(status, data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 from dataclasses import dataclass, field
+from typing import Literal
 
 DEFAULT_MAX_BYTES = 4 << 30
 """4 GiB: far above a rank-64 adapter of a 70B model (~1.6 GiB), far below a full model pushed by mistake."""
@@ -34,6 +35,17 @@ class AgentConfig:
     token: str | None = None
     """When set, every /v1 request must carry `Authorization: Bearer <token>`."""
     schemes: tuple[str, ...] = field(default=("file", "pvc", "s3"))
+    base_model_dir: pathlib.Path | None = None
+    """The served model's folder as the agent sees it (its config.json names the architecture). Default: the
+    base model's `root` in vLLM's /v1/models, when that is a folder the agent can read."""
+    unknown_architecture: Literal["allow", "refuse"] = "allow"
+    """An architecture outside the module table: load unchecked (the effect probe still runs) or refuse."""
+    lora_embeddings: bool = False
+    """Accept LoRA on embed_tokens/lm_head: only when vLLM is configured to apply it for this model."""
+    probe: bool = True
+    """Run the effect probe after each load (a PUT can still turn it off for itself)."""
+    converter_python: str | None = None
+    """The Python that converts pickle weights (needs torch and safetensors); default: the agent's own."""
 
     def vllm_path(self, local: pathlib.Path) -> pathlib.Path:
         """`local` (a folder under adapters_dir) as the vLLM container sees it."""

@@ -62,8 +62,33 @@ class AgentMetrics:
         )
         self.adapter_info = Gauge(
             "loraops_agent_adapter_info",
-            "1 for each adapter held, with its served name and digest (residency).",
-            ["name", "served_name", "digest"],
+            "1 for each adapter loaded, with its served name, short digest (12 hex) and rank (residency).",
+            ["name", "served_name", "digest", "rank"],
+            registry=r,
+        )
+        self.adapter_effective = Gauge(
+            "loraops_agent_adapter_effective",
+            "Per loaded adapter: 1 when the effect probe saw it answer unlike the base model, 0 when it did not "
+            "(NoEffect); absent when not probed.",
+            ["name", "served_name"],
+            registry=r,
+        )
+        self.probes = Counter(
+            "loraops_agent_probes_total",
+            "Effect probes by result (effective, no_effect, failed, skipped).",
+            ["result"],
+            registry=r,
+        )
+        self.probe_seconds = Histogram(
+            "loraops_agent_probe_latency_seconds",
+            "Latency of an adapter's first probe request after a load (the cold request the probe pre-warms).",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.conversions = Counter(
+            "loraops_agent_conversions_total",
+            "Opted-in pickle-to-safetensors conversions by result (ok, failed).",
+            ["result"],
             registry=r,
         )
         self.vllm_up = Gauge("loraops_agent_vllm_up", "1 when the last vLLM health check passed.", registry=r)

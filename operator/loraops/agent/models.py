@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -22,6 +22,26 @@ class WireModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+class AnswerModel(WireModel):
+    """What the agent answers: unknown fields are ignored, so an operator older than its agents (mid-upgrade)
+    still reads their records. Requests stay strict (`extra="forbid"`)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class ProbeSpec(WireModel):
+    """The effect probe of one PUT; omitted fields take the agent's defaults (loraops.agent.probe)."""
+
+    prompts: list[Annotated[str, Field(min_length=1, max_length=2000)]] | None = Field(
+        default=None, min_length=1, max_length=8
+    )
+    """Completion prompts sent to the base and to the adapter; default: a few fixed generic prompts."""
+    max_tokens: int = Field(default=8, ge=1, le=64)
+    enabled: bool = True
+    """False skips the probe: the record then says `effective` unknown (e.g. an adapter meant to change
+    nothing on generic prompts is better probed with prompts of its own)."""
+
+
 class PutAdapter(WireModel):
     """Body of `PUT /v1/adapters/{name}`. Unknown fields are refused, so credentials cannot ride along."""
 
@@ -32,9 +52,14 @@ class PutAdapter(WireModel):
     """The name vLLM serves it under; default: the adapter name (a replacement gets a new one, see docs)."""
     credentials_secret: str | None = Field(default=None, pattern=SECRET_PATTERN)
     """Name of a Secret mounted in the agent under its credentials folder: a reference, never the data."""
+    convert_pickle: bool | None = None
+    """Opt in to converting pickle weights (adapter_model.bin/.pt) to safetensors in an isolated child
+    process; without it any pickle file is refused (`UnsafeFormat`). Sent only when set, so an older agent
+    keeps accepting the body."""
+    probe: ProbeSpec | None = None
 
 
-class AdapterRecord(WireModel):
+class AdapterRecord(AnswerModel):
     """The runtime record of one adapter on this pod: what is loaded, from where, since when."""
 
     name: str
@@ -50,20 +75,34 @@ class AdapterRecord(WireModel):
     reason: str | None = None
     message: str | None = None
     credentials_secret: str | None = None
+    rank: int | None = None
+    """`r` from adapter_config.json."""
+    converted_from: str | None = None
+    """The pickle file the installed adapter_model.safetensors was converted from (`convertPickle`)."""
+    compatibility: Literal["Compatible", "UnknownArchitecture"] | None = None
+    """`Compatible`: tensor names and target modules checked against the base model's module table;
+    `UnknownArchitecture`: not checked (no table for the base model, or its config.json is not readable)."""
+    compatibility_message: str | None = None
+    effective: bool | None = None
+    """Set by the effect probe after each load: False when every probe answer (text and logprobs) equalled
+    the base model's (reason `NoEffect`, the adapter stays loaded); None when not probed or the probe failed."""
+    probe_latency_seconds: float | None = None
+    """The adapter's first probe request (cold), seconds."""
+    probe_message: str | None = None
 
 
-class AdapterList(WireModel):
+class AdapterList(AnswerModel):
     adapters: list[AdapterRecord]
     vllm_up: bool
 
 
-class PutResult(WireModel):
+class PutResult(AnswerModel):
     adapter: AdapterRecord
     changed: bool
     """False when the adapter was already loaded with this digest (an idempotent no-op)."""
 
 
-class ErrorBody(WireModel):
+class ErrorBody(AnswerModel):
     reason: str
     message: str
     adapter: AdapterRecord | None = None

@@ -19,11 +19,11 @@ from collections.abc import Iterator
 
 import aiohttp
 
-from loraops.agent import stage
+from loraops.agent import modules, probe, stage
 from loraops.agent.config import AgentConfig
 from loraops.agent.errors import AgentFailure, BadRequest, Conflict, VllmRejected, VllmUnavailable
 from loraops.agent.metrics import AgentMetrics
-from loraops.agent.models import NAME_PATTERN, AdapterRecord, PutAdapter
+from loraops.agent.models import NAME_PATTERN, AdapterRecord, ProbeSpec, PutAdapter
 from loraops.agent.sources import scheme_of, source_for
 from loraops.agent.vllmapi import VllmApi
 from loraops_trainer.errors import TrainerError
@@ -54,6 +54,10 @@ class Agent:
         self.records: dict[str, AdapterRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._pending_unloads: set[str] = set()
+        self._installed_digests: dict[tuple[str, str], str] = {}
+        """(name, digest) → the installed folder's digest when a pickle conversion changed its files."""
+        self._probes: dict[str, ProbeSpec | None] = {}
+        """The probe each adapter's last PUT asked for, reused when the watch loop reloads it."""
         self.vllm_up = False
         self.reloading = False
         self._watch_task: asyncio.Task[None] | None = None
@@ -99,11 +103,17 @@ class Agent:
 
     def _refresh_gauges(self) -> None:
         self.metrics.adapter_info.clear()
+        self.metrics.adapter_effective.clear()
         loaded = 0
         for record in self.records.values():
             if record.state == "Loaded":
                 loaded += 1
-                self.metrics.adapter_info.labels(record.name, record.served_name, record.digest).set(1)
+                rank = "" if record.rank is None else str(record.rank)
+                self.metrics.adapter_info.labels(
+                    record.name, record.served_name, record.digest[:SHORT_DIGEST], rank
+                ).set(1)
+                if record.effective is not None:
+                    self.metrics.adapter_effective.labels(record.name, record.served_name).set(int(record.effective))
         self.metrics.adapters_loaded.set(loaded)
 
     def _fail(self, error: AgentFailure) -> AgentFailure:
@@ -127,6 +137,7 @@ class Agent:
             raise self._fail(error) from None
         async with self._lock(name):
             try:
+                self._probes[name] = request.probe
                 return await self._put_locked(name, request, digest)
             except AgentFailure as error:
                 raise self._fail(error) from None
@@ -168,7 +179,9 @@ class Agent:
         except AgentFailure as error:
             self._after_failure(name, replacing, record, error)
             raise
-        record.size, record.files = verified.size, verified.files
+        record.size, record.files, record.converted_from = verified.size, verified.files, verified.converted_from
+        if verified.installed_digest is not None:
+            self._installed_digests[(name, digest)] = verified.installed_digest
         try:
             await self._load(record, trigger="replace" if replacing else "put")
         except VllmUnavailable as error:
@@ -219,10 +232,16 @@ class Agent:
             self.metrics.download_seconds.labels(scheme).observe(time.monotonic() - started)
             started = time.monotonic()
             try:
-                verified = await asyncio.to_thread(stage.verify, staging, digest, self.config)
-            except AgentFailure:
+                verified = await asyncio.to_thread(
+                    stage.verify, staging, digest, self.config, convert_pickle=bool(request.convert_pickle)
+                )
+            except AgentFailure as error:
                 self.metrics.verifications.labels("failed").inc()
+                if error.reason.startswith("Conversion") or (request.convert_pickle and error.reason == "UnsafeFormat"):
+                    self.metrics.conversions.labels("failed").inc()
                 raise
+            if verified.converted_from is not None:
+                self.metrics.conversions.labels("ok").inc()
             self.metrics.verifications.labels("ok").inc()
             self.metrics.verification_seconds.observe(time.monotonic() - started)
             self.metrics.download_bytes.labels(scheme).inc(verified.size)
@@ -233,9 +252,40 @@ class Agent:
         finally:
             await asyncio.to_thread(stage.remove, staging)
 
+    async def _base(self) -> tuple[str | None, modules.BaseModel]:
+        """The base model's served name (for the probe) and what the agent can read of it (for the check)."""
+        served = await self._api().model_list()
+        bases = [m for m in served if m.parent is None]
+        name = bases[0].id if bases else None
+        if self.config.base_model_dir is not None:
+            folder: pathlib.Path | None = self.config.base_model_dir
+            source = f"--base-model-dir {folder}"
+        else:
+            root = bases[0].root if bases else None
+            source = f"vLLM's model root {root!r}"
+            # In a pod, vLLM's `root` is a path in its own container (or a hub id): usable only when shared.
+            folder = pathlib.Path(root) if root and pathlib.Path(root).is_absolute() else None
+        return name, await asyncio.to_thread(modules.read_base_model, folder, source)
+
+    async def _check_modules(self, record: AdapterRecord, base: modules.BaseModel) -> None:
+        """Refuse, before vLLM sees it, an adapter whose tensors vLLM would load but not apply."""
+        final = self.config.adapters_dir / record.name / record.digest
+        result = await asyncio.to_thread(
+            modules.check_adapter,
+            final,
+            base,
+            embeddings=self.config.lora_embeddings,
+            refuse_unknown=self.config.unknown_architecture == "refuse",
+        )
+        record.rank = result.rank
+        record.compatibility = "Compatible" if result.status == "Compatible" else "UnknownArchitecture"
+        record.compatibility_message = result.message
+
     async def _load(self, record: AdapterRecord, trigger: str) -> None:
         assert record.path is not None
         api = self._api()
+        base_name, base = await self._base()
+        await self._check_modules(record, base)
         started = time.monotonic()
         try:
             try:
@@ -249,6 +299,39 @@ class Agent:
         self.metrics.loads.labels(trigger, "ok").inc()
         self.metrics.load_seconds.observe(time.monotonic() - started)
         record.state, record.reason, record.message, record.loaded_at = "Loaded", None, None, now()
+        await self._probe(record, base_name)
+
+    async def _probe(self, record: AdapterRecord, base_name: str | None) -> None:
+        """Compare the adapter's answers with the base's; a NoEffect adapter stays loaded but is reported."""
+        record.effective = record.probe_latency_seconds = record.probe_message = None
+        spec = self._probes.get(record.name) or ProbeSpec()
+        if not (self.config.probe and spec.enabled):
+            self.metrics.probes.labels("skipped").inc()
+            record.probe_message = "probe disabled" + ("" if self.config.probe else " on this agent (--no-probe)")
+            return
+        if base_name is None:
+            self.metrics.probes.labels("failed").inc()
+            self._fail(AgentFailure("ProbeFailed", "no base model in vLLM's /v1/models"))
+            record.probe_message = "probe failed: vLLM lists no base model to compare with"
+            return
+        try:
+            result = await probe.run_probe(
+                self._api(), base_name, record.served_name, spec.prompts or probe.DEFAULT_PROMPTS, spec.max_tokens
+            )
+        except AgentFailure as error:
+            # Loaded but unjudged: `effective` stays unknown and the message says why.
+            self.metrics.probes.labels("failed").inc()
+            self._fail(AgentFailure("ProbeFailed", error.message))
+            record.probe_message = f"probe failed: {error}"
+            log.warning("probe of %s failed: %s", record.served_name, error)
+            return
+        record.effective, record.probe_latency_seconds = result.effective, round(result.latency, 6)
+        record.probe_message = result.message
+        self.metrics.probe_seconds.observe(result.latency)
+        self.metrics.probes.labels("effective" if result.effective else "no_effect").inc()
+        if not result.effective:
+            self._fail(AgentFailure("NoEffect", result.message))
+            log.warning("adapter %s (%s) has no effect: %s", record.name, record.served_name, result.message)
 
     async def _adopt(self, record: AdapterRecord) -> bool:
         """After a 400 (name taken): keep vLLM's entry if it is this very folder, else replace the stale one."""
@@ -271,6 +354,7 @@ class Agent:
         except VllmRejected as error:
             self._fail(error)
             log.warning("unload of %s failed (%s); its files are removed anyway", old.served_name, error)
+        self._installed_digests.pop((old.name, old.digest), None)
         if old.path:
             await asyncio.to_thread(stage.remove, self.config.adapters_dir / old.name / old.digest)
 
@@ -304,6 +388,8 @@ class Agent:
                 record.message = f"unload failed: {error}"
                 raise self._fail(error) from None
             del self.records[name]
+            self._probes.pop(name, None)
+            self._installed_digests = {k: v for k, v in self._installed_digests.items() if k[0] != name}
             await asyncio.to_thread(stage.remove, self.config.adapters_dir / name)
             self._refresh_gauges()
             log.info("adapter %s (%s) unloaded and removed", name, record.served_name)
@@ -379,8 +465,9 @@ class Agent:
 
     async def _reload(self, record: AdapterRecord, trigger: str) -> None:
         final = self.config.adapters_dir / record.name / record.digest
+        expected = self._installed_digests.get((record.name, record.digest), record.digest)
         try:
-            await asyncio.to_thread(stage.verify_installed, final, record.digest, self.config)
+            await asyncio.to_thread(stage.verify_installed, final, expected, self.config)
         except AgentFailure as error:
             self.metrics.verifications.labels("failed").inc()
             record.state, record.reason, record.message, record.path = "Failed", error.reason, error.message, None

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from loraops.agent import formats
 from loraops.agent.config import AgentConfig
 from loraops.agent.errors import AgentFailure, ArtifactRejected, BadRequest
 from loraops.agent.safety import Budget, check_tree, safe_relative
@@ -31,6 +32,10 @@ class Verified:
     digest: str
     files: int
     size: int
+    installed_digest: str | None = None
+    """The folder's digest after a pickle conversion changed its files (None: unchanged, equal to `digest`);
+    what re-verification before a reload must find."""
+    converted_from: str | None = None
 
 
 def new_staging(config: AgentConfig) -> pathlib.Path:
@@ -74,17 +79,29 @@ def check_manifest_names(root: pathlib.Path, max_files: int) -> None:
             raise ArtifactRejected("Symlink", f"{name!r} listed in {MANIFEST_NAME} is a symlink")
 
 
-def verify(root: pathlib.Path, digest: str, config: AgentConfig) -> Verified:
-    """Every file against the manifest (when there is one) and the folder against `digest`."""
+def verify(root: pathlib.Path, digest: str, config: AgentConfig, *, convert_pickle: bool = False) -> Verified:
+    """Every file against the manifest (when there is one) and the folder against `digest`; then no pickle.
+
+    Pickle files are refused before hashing (cheap, and the answer does not depend on the digest); with the
+    opt-in, only bytes that matched the digest are converted.
+    """
     files, size = check_tree(root, config.max_files, config.max_bytes)
     check_manifest_names(root, config.max_files)
+    pickles = formats.check_formats(root, convert_pickle)
     try:
         result = verify_directory(root, digest)
     except TrainerError as error:
         raise ArtifactRejected(error.reason, error.message) from None
     if not result.ok:
         raise ArtifactRejected("DigestMismatch", "; ".join(result.problems[:5]))
-    return Verified(digest=result.digest, files=files, size=size)
+    if not pickles:
+        return Verified(digest=result.digest, files=files, size=size)
+    conversion = formats.convert(root, pickles, config.converter_python)
+    files, size = check_tree(root, config.max_files, config.max_bytes)
+    installed, _ = hash_directory(root)
+    return Verified(
+        digest=result.digest, files=files, size=size, installed_digest=installed, converted_from=conversion.source
+    )
 
 
 def verify_installed(root: pathlib.Path, digest: str, config: AgentConfig) -> None:

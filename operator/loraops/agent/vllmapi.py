@@ -8,12 +8,28 @@ vLLM 0.32 answers a load with 200 and a plain-text body without content type (so
 from __future__ import annotations
 
 import pathlib
+from dataclasses import dataclass
 
 import aiohttp
 
 from loraops.agent.errors import VllmRejected, VllmUnavailable
 
 REASONS = {400: "VllmBadRequest", 404: "VllmNotFound"}
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    logprobs: list[float | None] | None
+    """The chosen tokens' logprobs; None when the server sent none (an old or fake server)."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    id: str
+    root: str | None
+    parent: str | None
+    """None for a base model, the base's served name for an adapter."""
 
 
 class VllmApi:
@@ -40,6 +56,10 @@ class VllmApi:
 
     async def models(self) -> dict[str, str | None]:
         """Served id → root (the adapter path for LoRA entries)."""
+        return {model.id: model.root for model in await self.model_list()}
+
+    async def model_list(self) -> list[ServedModel]:
+        """`/v1/models`: the base model(s) (`parent` None, `root` = the `--model` path) and the adapters."""
         try:
             async with self.session.get(f"{self.base_url}/v1/models", timeout=self.timeout) as response:
                 if response.status != 200:
@@ -47,7 +67,39 @@ class VllmApi:
                 data = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
             raise VllmUnavailable("VllmUnavailable", f"GET /v1/models: {type(error).__name__}: {error}") from None
-        return {str(item.get("id")): item.get("root") for item in data.get("data", []) if isinstance(item, dict)}
+        return [
+            ServedModel(str(item.get("id")), item.get("root"), item.get("parent"))
+            for item in data.get("data", [])
+            if isinstance(item, dict)
+        ]
+
+    async def complete(self, model: str, prompt: str, max_tokens: int) -> Completion:
+        """One greedy completion with the chosen tokens' logprobs (for the effect probe)."""
+        body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "logprobs": 1}
+        path = "/v1/completions"
+        try:
+            async with self.session.post(f"{self.base_url}{path}", json=body, timeout=self.timeout) as response:
+                if response.status != 200:
+                    text = (await response.text(errors="replace"))[:200]
+                    raise VllmRejected(
+                        REASONS.get(response.status, "VllmError"),
+                        f"completion for {model!r} answered {response.status}: {text.strip()}",
+                    )
+                data = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise VllmUnavailable("VllmUnavailable", f"POST {path}: {type(error).__name__}: {error}") from None
+        except ValueError:
+            raise VllmRejected("VllmError", f"completion for {model!r}: the answer is not JSON") from None
+        try:
+            choice = data["choices"][0]
+            text = str(choice["text"])
+        except (KeyError, IndexError, TypeError):
+            raise VllmRejected("VllmError", f"completion for {model!r}: no choices[0].text in the answer") from None
+        logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
+        tokens = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
+        return Completion(
+            text, [float(v) if v is not None else None for v in tokens] if isinstance(tokens, list) else None
+        )
 
     async def load(self, served_name: str, path: pathlib.Path) -> None:
         status, body = await self._request(
