@@ -70,9 +70,12 @@ def serve_upstream(port: int, delay_ms: float) -> None:
         await asyncio.sleep(delay)
         if not body.get("stream"):
             payload = {
-                "id": "cmpl-bench", "object": "chat.completion", "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "x " * 16},
-                             "finish_reason": "stop"}],
+                "id": "cmpl-bench",
+                "object": "chat.completion",
+                "model": model,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "x " * 16}, "finish_reason": "stop"}
+                ],
                 "usage": {"prompt_tokens": 8, "total_tokens": 24, "completion_tokens": 16},
             }
             return web.json_response(payload)
@@ -80,12 +83,22 @@ def serve_upstream(port: int, delay_ms: float) -> None:
         await resp.prepare(request)
         # The delay above is the time to first token; the rest of the tokens follow back to back.
         for i in range(STREAM_CHUNKS):
-            event = {"id": "c", "object": "chat.completion.chunk", "model": model,
-                     "choices": [{"index": 0, "delta": {"content": "x "}, "finish_reason": None}], "i": i}
+            event = {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "model": model,
+                "choices": [{"index": 0, "delta": {"content": "x "}, "finish_reason": None}],
+                "i": i,
+            }
             await resp.write(f"data: {json.dumps(event)}\n\n".encode())
         if (body.get("stream_options") or {}).get("include_usage"):
-            usage = {"id": "c", "object": "chat.completion.chunk", "model": model, "choices": [],
-                     "usage": {"prompt_tokens": 8, "total_tokens": 24, "completion_tokens": 16}}
+            usage = {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "model": model,
+                "choices": [],
+                "usage": {"prompt_tokens": 8, "total_tokens": 24, "completion_tokens": 16},
+            }
             await resp.write(f"data: {json.dumps(usage)}\n\n".encode())
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
@@ -100,34 +113,33 @@ def serve_upstream(port: int, delay_ms: float) -> None:
 # ---- the load generator (runs as `python bench/bench_router.py load SPEC_JSON`) ----
 
 
-async def _slice(
-    session: Any, url: str, body: bytes, concurrency: int, seconds: float, stream: bool, out: dict[str, Any]
-) -> None:
-    """One closed-loop slice: `concurrency` workers for `seconds` after a short warm-up of the same load."""
-    import aiohttp
+async def _slice(pool: Any, body: bytes, concurrency: int, seconds: float, stream: bool, out: dict[str, Any]) -> None:
+    """One closed-loop slice: `concurrency` workers for `seconds` after a short warm-up of the same load.
 
-    headers = {"Content-Type": "application/json"}
+    The client is the router's own lean HTTP/1.1 pool: a load generator must cost as little CPU as possible on
+    a 2-core machine, or it measures its own contention with the processes under test."""
+    path = pool.path
     warm_until = time.perf_counter() + SLICE_WARMUP_S
     stop_at = warm_until + seconds
 
     async def worker(i: int) -> None:
-        user_headers = {**headers, "X-User-Id": f"u{i}"}
+        headers = {"X-User-Id": f"u{i}"}
         while True:
             t0 = time.perf_counter()
             if t0 >= stop_at:
                 return
             try:
-                async with session.post(url, data=body, headers=user_headers) as resp:
-                    if stream:
-                        chunk = await resp.content.readany()
-                        t_first = time.perf_counter()
-                        while chunk:
-                            chunk = await resp.content.readany()
-                    else:
-                        await resp.read()
-                        t_first = time.perf_counter()
-                    ok = resp.status == 200
-            except aiohttp.ClientError:
+                resp = await pool.post(path, body, headers)
+                if stream:
+                    chunk = await resp.read_chunk()
+                    t_first = time.perf_counter()
+                    while chunk:
+                        chunk = await resp.read_chunk()
+                else:
+                    await resp.read()
+                    t_first = time.perf_counter()
+                ok = resp.status == 200
+            except OSError:
                 ok, t_first = False, time.perf_counter()
             t1 = time.perf_counter()
             if t0 >= warm_until and t1 <= stop_at:
@@ -144,12 +156,17 @@ async def _slice(
 async def _load(spec: dict[str, Any]) -> dict[str, Any]:
     """Alternate short slices direct / router so that background load (other processes on a shared machine)
     hits both sides alike; figures are pooled per side."""
-    import aiohttp
+    import urllib.parse
+
+    from loraops.router.http1 import Pool
 
     results: dict[str, Any] = {}
-    sessions = {}
-    for side in spec["targets"]:
-        sessions[side] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    pools = {}
+    for side, target in spec["targets"].items():
+        parts = urllib.parse.urlsplit(target["url"])
+        pool = Pool(f"{parts.scheme}://{parts.netloc}", keepalive_s=60)
+        pool.path = parts.path  # type: ignore[attr-defined]
+        pools[side] = pool
         results[side] = {"latencies": [], "ttfts": [], "errors": 0, "seconds": 0.0}
     try:
         for _ in range(spec["rounds"]):
@@ -158,13 +175,12 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
                                    "max_tokens": 16, "stream": spec["stream"]}).encode()
                 if "cpu_pid" in target:
                     before = _cpu_seconds(target["cpu_pid"])
-                await _slice(sessions[side], target["url"], body, spec["concurrency"], spec["slice_s"],
-                             spec["stream"], results[side])
+                await _slice(pools[side], body, spec["concurrency"], spec["slice_s"], spec["stream"], results[side])
                 if "cpu_pid" in target:
                     results[side]["cpu_s"] = results[side].get("cpu_s", 0.0) + _cpu_seconds(target["cpu_pid"]) - before
     finally:
-        for session in sessions.values():
-            await session.close()
+        for pool in pools.values():
+            pool.close()
     return results
 
 
@@ -210,7 +226,10 @@ def _measure_pair(
     direct: tuple[str, str], routed: tuple[str, str], concurrency: int, stream: bool, router_pid: int
 ) -> dict[str, Any]:
     spec = {
-        "concurrency": concurrency, "stream": stream, "rounds": ROUNDS, "slice_s": DURATION_S / ROUNDS,
+        "concurrency": concurrency,
+        "stream": stream,
+        "rounds": ROUNDS,
+        "slice_s": DURATION_S / ROUNDS,
         "targets": {
             "direct": {"url": direct[0], "model": direct[1]},
             "router": {"url": routed[0], "model": routed[1], "cpu_pid": router_pid},
@@ -237,9 +256,19 @@ def _start_router(routes: dict[str, Any], workdir: pathlib.Path) -> tuple[subpro
     path.write_text(yaml.safe_dump(routes))
     port = _free_port()
     proc = subprocess.Popen(
-        [str(pathlib.Path(PY).parent / "loraops"), "router", "--routes", str(path), "--host", "127.0.0.1",
-         "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+        [
+            str(pathlib.Path(PY).parent / "loraops"),
+            "router",
+            "--routes",
+            str(path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
     )
     _wait_port(port)
     return proc, port
@@ -262,13 +291,23 @@ def _fake_upstream_run(workdir: pathlib.Path, delay_ms: float, configs: list[tup
         _wait_port(up_port)
         base = f"http://127.0.0.1:{up_port}"
         # A canary split, as in production: selection and tenant logic run on every request.
-        routes = {"routes": [{
-            "model": "bot", "baseUrl": base, "baseServedModel": "base-model",
-            "entries": [{"backends": [
-                {"adapter": "stable", "servedName": "stable", "weight": 90},
-                {"adapter": "canary", "servedName": "canary", "weight": 10},
-            ]}],
-        }]}
+        routes = {
+            "routes": [
+                {
+                    "model": "bot",
+                    "baseUrl": base,
+                    "baseServedModel": "base-model",
+                    "entries": [
+                        {
+                            "backends": [
+                                {"adapter": "stable", "servedName": "stable", "weight": 90},
+                                {"adapter": "canary", "servedName": "canary", "weight": 10},
+                            ]
+                        }
+                    ],
+                }
+            ]
+        }
         router, router_port = _start_router(routes, workdir)
         results: dict[str, Any] = {}
         for stream, concurrency in configs:
@@ -276,10 +315,14 @@ def _fake_upstream_run(workdir: pathlib.Path, delay_ms: float, configs: list[tup
             results[key] = _measure_pair(
                 (f"{base}/v1/chat/completions", "stable"),
                 (f"http://127.0.0.1:{router_port}/v1/chat/completions", "bot"),
-                concurrency, stream, router.pid,
+                concurrency,
+                stream,
+                router.pid,
             )
-            print(f"  {key}: {json.dumps({k: v for k, v in results[key].items() if k not in ('direct', 'router')})}",
-                  file=sys.stderr)
+            print(
+                f"  {key}: {json.dumps({k: v for k, v in results[key].items() if k not in ('direct', 'router')})}",
+                file=sys.stderr,
+            )
         return results
     finally:
         if router is not None:
@@ -299,17 +342,18 @@ def run() -> dict[str, Any]:
         "added_p50_ms": headline["added_p50_ms"],
         "added_p99_ms": headline["added_p99_ms"],
         "throughput_ratio": headline["throughput_ratio"],
-        "stream_c100": {k: runs["stream_c100"][k] for k in ("added_p50_ms", "added_p99_ms", "added_ttft_p50_ms",
-                                                             "throughput_ratio")},
+        "stream_c100": {
+            k: runs["stream_c100"][k] for k in ("added_p50_ms", "added_p99_ms", "added_ttft_p50_ms", "throughput_ratio")
+        },
         "targets": {"added_p50_ms": 1.0, "added_p99_ms": 3.0, "throughput_ratio": 0.9},
         "setup": {
             "upstream": f"aiohttp+uvloop fake, {UPSTREAM_DELAY_MS:g} ms simulated model latency "
-                        f"(streams: that time to the first token, then {STREAM_CHUNKS} chunks back to back)",
+            f"(streams: that time to the first token, then {STREAM_CHUNKS} chunks back to back)",
             "seconds_per_measurement": DURATION_S,
             "rounds": ROUNDS,
             "slice_warmup_seconds": SLICE_WARMUP_S,
             "load": "closed loop, separate process, aiohttp+uvloop keep-alive; direct and router alternate in "
-                    "slices within one run",
+            "slices within one run",
             "router": "loraops router --routes FILE (separate process, uvloop), 90/10 canary split",
             "cpus": os.cpu_count(),
         },
@@ -338,15 +382,23 @@ def _vllm_ttft() -> dict[str, Any]:
         vllm.start(timeout=300)
         router: subprocess.Popen[bytes] | None = None
         try:
-            routes = {"routes": [{
-                "model": "bot", "baseUrl": vllm.url, "baseServedModel": "tiny-llama",
-                "entries": [{"backends": [{"servedName": "tiny-llama", "weight": 100}]}],
-            }]}
+            routes = {
+                "routes": [
+                    {
+                        "model": "bot",
+                        "baseUrl": vllm.url,
+                        "baseServedModel": "tiny-llama",
+                        "entries": [{"backends": [{"servedName": "tiny-llama", "weight": 100}]}],
+                    }
+                ]
+            }
             router, port = _start_router(routes, pathlib.Path(tmp))
             pair = _measure_pair(
                 (f"{vllm.url}/v1/chat/completions", "tiny-llama"),
                 (f"http://127.0.0.1:{port}/v1/chat/completions", "bot"),
-                8, True, router.pid,
+                8,
+                True,
+                router.pid,
             )
             return {"concurrency": 8, "stream": True, **pair}
         finally:

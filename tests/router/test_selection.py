@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import Counter
 
@@ -10,7 +11,7 @@ import pytest
 
 from loraops.api.route import RouteTable
 from loraops.router.table import compile_table, key_hash
-from tests.router.fakes import chat, gather_limited, post, route, router_for, run, upstream
+from tests.router.fakes import Behaviour, chat, gather_limited, post, route, router_for, run, upstream, wait_for
 
 pytestmark = pytest.mark.router
 
@@ -123,3 +124,21 @@ def test_three_way_split_and_zero_weight() -> None:
     for name, share in (("a", 0.5), ("b", 0.3), ("c", 0.2)):
         sd = math.sqrt(20000 * share * (1 - share))
         assert abs(counts[name] - 20000 * share) <= 4 * sd, counts
+
+
+def test_upstream_is_the_pod_with_fewest_outstanding_requests() -> None:
+    async def main() -> None:
+        async with upstream(behaviours={"v1": Behaviour(delay_s=1.0)}) as slow, upstream() as fast:
+            table = {"routes": [route("bot", slow.url, backends=[("v1", "v1", 100)],
+                                      endpoints={"v1": [slow.url, fast.url]})]}
+            async with router_for(table) as router, aiohttp.ClientSession() as s:
+                stuck = asyncio.create_task(post(s, router, chat("bot")))
+                # With nothing outstanding anywhere, the first listed pod gets the request.
+                await wait_for(lambda: slow.started == 1)
+                for _ in range(10):
+                    assert (await post(s, router, chat("bot")))[0] == 200
+                assert (await stuck)[0] == 200
+                # Every request that came while the slow pod was busy went to the idle one.
+                assert (slow.count("v1"), fast.count("v1")) == (1, 10)
+
+    run(main())
