@@ -167,8 +167,9 @@ class FakeUpstream:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
         await resp.prepare(request)
         sent = bytearray()
-        words = answer.split(" ")
-        pieces = [" ".join(words[i :: b.chunks]) for i in range(b.chunks)] if b.chunks > 1 else [answer]
+        # Contiguous slices: the events' contents joined give the answer back, as a real stream's do.
+        size = -(-len(answer) // b.chunks)
+        pieces = [answer[i * size : (i + 1) * size] for i in range(b.chunks)]
         for i, piece in enumerate(pieces):
             if b.cut_after is not None and i == b.cut_after:
                 assert request.transport is not None

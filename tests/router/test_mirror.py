@@ -112,3 +112,17 @@ def test_mirror_percent_samples_a_share_of_requests() -> None:
             assert abs(up.count("shadow") - 100) <= 44
 
     run(main())
+
+
+def test_streamed_primary_is_compared_with_the_shadow_too() -> None:
+    async def main() -> None:
+        # The primary streams "answer from stable" in 4 events; the shadow answers the same text at once.
+        behaviours = {"shadow": Behaviour(answer="answer from stable")}
+        async with upstream(behaviours=behaviours) as up, router_for(mirrored(up.url)) as router:
+            async with aiohttp.ClientSession() as s:
+                await post(s, router, chat("bot", stream=True))
+                same = {"match": "true"}
+                await wait_for(lambda: sample(router, "loraops_router_mirror_comparisons_total", same) == 1)
+                assert sample(router, "loraops_router_mirror_length_ratio_sum") == 1.0
+
+    run(main())

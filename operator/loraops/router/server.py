@@ -135,6 +135,36 @@ def _strip_usage_events(events: bytes) -> tuple[bytes, tuple[int, int] | None]:
     return b"".join(kept), usage
 
 
+class _TextCollector:
+    """The answer text of an SSE stream (chat `delta.content` or completion `text`), assembled event by event."""
+
+    __slots__ = ("_parts", "_pending")
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> None:
+        events, self._pending = _split_events(self._pending + chunk)
+        for line in events.splitlines():
+            if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+                continue
+            try:
+                data = json.loads(line[5:])
+                choice = data["choices"][0]
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if isinstance(piece, str):
+                self._parts.append(piece)
+
+    def text(self) -> str:
+        return "".join(self._parts)
+
+
 class _JsonErrorHandler(RequestHandler):
     """Protocol-level errors (header lines too long, malformed requests) as OpenAI-style JSON, not text."""
 
@@ -563,7 +593,9 @@ class Router:
                 m.child(m.ttft, route.model, target.adapter).observe(elapsed)
                 m.child(m.duration, route.model, target.adapter).observe(elapsed)
                 return web.Response(body=body, status=status, headers=headers_out), True
-            return await self._relay_stream(request, resp, first, route, target, started, reason, strip_usage)
+            return await self._relay_stream(
+                request, resp, first, route, target, started, reason, strip_usage, primary
+            )
         finally:
             upstream.release(url)
 
@@ -577,8 +609,11 @@ class Router:
         started: float,
         reason: str | None,
         strip_usage: bool,
+        primary: asyncio.Future[str | None] | None,
     ) -> tuple[web.StreamResponse, bool]:
         m = self.metrics
+        # Only a mirrored stream pays for parsing its events: the shadow's answer is compared with its text.
+        collector = _TextCollector() if primary is not None and not primary.done() else None
         headers_out = {
             "Content-Type": resp.content_type or "text/event-stream",
             "Cache-Control": "no-cache",
@@ -596,6 +631,8 @@ class Router:
             chunk = first
             first_sent = False
             while chunk:
+                if collector is not None:
+                    collector.feed(chunk)
                 if strip_usage:
                     events, pending = _split_events(pending + chunk)
                     if events and b'"usage"' in events:
@@ -624,6 +661,8 @@ class Router:
         finally:
             resp.close()
         self._outcome(route, target, outcome)
+        if collector is not None and outcome == "ok":
+            _resolve(primary, collector.text())
         if not strip_usage:
             usage = _usage_from(tail)
         if usage is not None:
