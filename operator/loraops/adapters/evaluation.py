@@ -43,7 +43,13 @@ import json, sys
 MAX_SLICES = __MAX_SLICES__
 from loraops_trainer.cli import main
 from loraops_trainer.progress import write_termination_log
-config, report, metric = sys.argv[1:4]
+config, report, metric, golden = (sys.argv[1:] + [""])[:4]
+if golden:
+    import yaml
+    settings = yaml.safe_load(open(config))
+    settings["golden"]["uri"] = golden
+    config = report + ".evaluate.yaml"
+    open(config, "w").write(yaml.safe_dump(settings))
 code = main(["evaluate", "--config", config, "--output", report])
 if code == 0:
     data = json.load(open(report))
@@ -155,7 +161,14 @@ def render_evaluation(
         "image": config.trainer_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-c", EVAL_SCRIPT],
-        "args": [f"{CONFIG_DIR}/{config_file}", f"{WORK_DIR}/report.json", gating_metric(evaluation)],
+        # The golden file's path also travels as an argument: a runner that maps mounts to other folders (the
+        # local Job runner of dev mode) rewrites arguments, not the contents of a config file.
+        "args": [
+            f"{CONFIG_DIR}/{config_file}",
+            f"{WORK_DIR}/report.json",
+            gating_metric(evaluation),
+            f"{GOLDEN_DIR}/{golden.key}" if golden.config_map else "",
+        ],
         "env": env,
         "volumeMounts": mounts,
         "terminationMessagePath": "/dev/termination-log",

@@ -126,8 +126,17 @@ class Replica:
 class LocalReplicas:
     """Replicas on a private event loop in a background thread (the operator runs on its own loop)."""
 
-    def __init__(self, workdir: pathlib.Path, *, base_model: str = "base", watch_interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        workdir: pathlib.Path,
+        *,
+        base_model: str = "base",
+        watch_interval: float = 0.2,
+        credentials_dir: pathlib.Path | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.credentials_dir = credentials_dir
+        """Where the agents find mounted Secrets (`<dir>/<secret>/<KEY>`), as the kubelet would mount them."""
         self.base_model = base_model
         self.watch_interval = watch_interval
         self.replicas: dict[str, Replica] = {}
@@ -158,7 +167,8 @@ class LocalReplicas:
             vllm_url=vllm_url,
             pvc_root=workdir / "pvc",
             watch_interval=self.watch_interval,
-            vllm_timeout=10.0,
+            vllm_timeout=30.0,
+            credentials_dir=self.credentials_dir,
         )
         runner = web.AppRunner(build_app(Agent(config), watch=True), access_log=None)
         await runner.setup()
