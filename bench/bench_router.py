@@ -352,8 +352,8 @@ def run() -> dict[str, Any]:
             "seconds_per_measurement": DURATION_S,
             "rounds": ROUNDS,
             "slice_warmup_seconds": SLICE_WARMUP_S,
-            "load": "closed loop, separate process, aiohttp+uvloop keep-alive; direct and router alternate in "
-            "slices within one run",
+            "load": "closed loop, separate process, uvloop + the router's lean HTTP/1.1 keep-alive client; "
+            "direct and router alternate in slices within one run",
             "router": "loraops router --routes FILE (separate process, uvloop), 90/10 canary split",
             "cpus": os.cpu_count(),
         },
