@@ -298,8 +298,10 @@ class Agent:
             raise
         self.metrics.loads.labels(trigger, "ok").inc()
         self.metrics.load_seconds.observe(time.monotonic() - started)
-        record.state, record.reason, record.message, record.loaded_at = "Loaded", None, None, now()
+        # Probe before the record says Loaded: whoever waits for Loaded (a PUT, /readyz after a reload) then
+        # finds the adapter judged and warm.
         await self._probe(record, base_name)
+        record.state, record.reason, record.message, record.loaded_at = "Loaded", None, None, now()
 
     async def _probe(self, record: AdapterRecord, base_name: str | None) -> None:
         """Compare the adapter's answers with the base's; a NoEffect adapter stays loaded but is reported."""
