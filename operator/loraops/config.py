@@ -63,5 +63,7 @@ class OperatorConfig(BaseModel):
     """The highest `--max-cpu-loras` the patch sets: also each pod's capacity in adapters for placement."""
     min_cpu_loras: int = 16
     """`--max-cpu-loras` grows in powers of two from here, so adding adapters rarely rolls the pods."""
+    api_threads: int = 32
+    """Threads for blocking Kubernetes API calls (the operator's event loop never waits on one)."""
     evaluation_ttl_seconds: int = 86400
     """Finished evaluation Jobs are removed after this long (their result stays in the adapter's status)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -415,6 +416,14 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, client: Ku
             await controller.pod_event(dict(event), namespace, logger)
 
     kopf.on.event("", "v1", "pods", registry=registry, labels={AGENT_LABEL: "true"}, id="follow-vllm-pod")(follow_pod)
+
+    @kopf.on.startup(registry=registry, id="adapter-executor")
+    async def executor(**_: Any) -> None:
+        # The API client blocks in threads (asyncio.to_thread); the default pool (cores + 4) makes 50 adapters
+        # applied at once queue behind a handful of calls on a small node.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=config.api_threads, thread_name_prefix="kube")
+        )
 
     @kopf.on.cleanup(registry=registry)
     async def close(**_: Any) -> None:

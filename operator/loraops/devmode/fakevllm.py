@@ -15,6 +15,7 @@ import pathlib
 import socket
 import threading
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -141,6 +142,8 @@ class LocalReplicas:
         self.watch_interval = watch_interval
         self.replicas: dict[str, Replica] = {}
         self._loop = asyncio.new_event_loop()
+        # Each agent is its own process in a pod, with its own thread pool for downloads and hashing.
+        self._loop.set_default_executor(ThreadPoolExecutor(max_workers=8 * 4, thread_name_prefix="replica"))
         self._thread = threading.Thread(target=self._loop.run_forever, name="local-replicas", daemon=True)
         self._thread.start()
 
