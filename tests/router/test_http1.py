@@ -145,6 +145,6 @@ def test_errors_are_typed(loop: str) -> None:
             await resp.read()
         server.close()
         with pytest.raises(ValueError, match="only http"):
-            Pool("https://example.com")
+            Pool("ftp://example.com")
 
     run(main(), loop=loop)

@@ -1,10 +1,11 @@
 """A lean HTTP/1.1 client for the router's upstream calls: one keep-alive pool per upstream, httptools parsing.
 
-The proxy path needs only POST with a JSON body, the status, the Content-Type and the body (whole, or chunk by
-chunk for SSE). aiohttp's client spends most of its per-request time on generality this path never uses
-(request/response objects, header multidicts, cookie and redirect logic, timers): profiling the router showed it
-as the largest share of the router's CPU per request. This client writes the request in one `write`, parses with
-httptools (C, the parser uvicorn uses) and hands body bytes to the caller without copies beyond the join.
+The proxy path needs only POST with a JSON body (http://, or https:// with the system CA store), the status,
+the Content-Type and the body (whole, or chunk by chunk for SSE). aiohttp's client spends most of its
+per-request time on generality this path never uses (request/response objects, header multidicts, cookie and
+redirect logic, timers): profiling the router showed it as the largest share of the router's CPU per request.
+This client writes the request in one `write`, parses with httptools (C, the parser uvicorn uses) and hands
+body bytes to the caller without copies beyond the join.
 
 Connections are reused LIFO; an idle one older than `keepalive_s` is closed instead (kept under uvicorn's 5 s
 keep-alive so the router does not write into a socket vLLM is closing). If a reused connection closes before
@@ -18,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import socket
+import ssl
 import time
 import urllib.parse
 from typing import Any
@@ -227,10 +229,11 @@ class Pool:
 
     def __init__(self, base_url: str, *, connect_timeout_s: float = 5.0, keepalive_s: float = 4.0) -> None:
         parsed = urllib.parse.urlsplit(base_url)
-        if parsed.scheme != "http":
-            raise ValueError(f"upstream {base_url!r}: only http:// is supported")
+        if parsed.scheme not in ("http", "https"):
+            raise ValueError(f"upstream {base_url!r}: only http:// and https:// are supported")
+        self.ssl = ssl.create_default_context() if parsed.scheme == "https" else None
         self.host = parsed.hostname or "127.0.0.1"
-        self.port = parsed.port or 80
+        self.port = parsed.port or (443 if self.ssl else 80)
         self.prefix = parsed.path.rstrip("/")
         self.host_header = parsed.netloc.encode()
         self.connect_timeout_s = connect_timeout_s
@@ -247,7 +250,9 @@ class Pool:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                transport, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port)
+                transport, conn = await loop.create_connection(
+                    lambda: _Connection(self), self.host, self.port, ssl=self.ssl
+                )
         except TimeoutError as err:
             raise ConnectError(f"connect to {self.host}:{self.port} timed out") from err
         except OSError as err:
@@ -269,8 +274,14 @@ class Pool:
 
     def _request_bytes(self, path: str, body: bytes, headers: dict[str, str] | None) -> bytes:
         head = (
-            b"POST " + self.prefix.encode() + path.encode() + b" HTTP/1.1\r\nHost: " + self.host_header
-            + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n"
+            b"POST "
+            + self.prefix.encode()
+            + path.encode()
+            + b" HTTP/1.1\r\nHost: "
+            + self.host_header
+            + b"\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n"
         )
         if headers:
             head += b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items())

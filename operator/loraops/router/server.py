@@ -593,9 +593,7 @@ class Router:
                 m.child(m.ttft, route.model, target.adapter).observe(elapsed)
                 m.child(m.duration, route.model, target.adapter).observe(elapsed)
                 return web.Response(body=body, status=status, headers=headers_out), True
-            return await self._relay_stream(
-                request, resp, first, route, target, started, reason, strip_usage, primary
-            )
+            return await self._relay_stream(request, resp, first, route, target, started, reason, strip_usage, primary)
         finally:
             upstream.release(url)
 
