@@ -109,3 +109,35 @@ def test_agent_command_serves_probes_and_api(tmp_path: pathlib.Path) -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_agent_flags_of_issue_10_reach_the_config(tmp_path: pathlib.Path) -> None:
+    import argparse
+
+    from loraops.agent.cli import add_agent_command, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_agent_command(parser.add_subparsers())
+    base = ["agent", "--adapters-dir", str(tmp_path)]
+    defaults = config_from_args(parser.parse_args(base))
+    assert (defaults.base_model_dir, defaults.unknown_architecture, defaults.lora_embeddings, defaults.probe) == (
+        None,
+        "allow",
+        False,
+        True,
+    )
+    args = [
+        *base,
+        "--base-model-dir",
+        "/models/llama",
+        "--unknown-architecture",
+        "refuse",
+        "--lora-embeddings",
+        "--no-probe",
+        "--converter-python",
+        "/opt/torch/bin/python",
+    ]
+    config = config_from_args(parser.parse_args(args))
+    assert config.base_model_dir == pathlib.Path("/models/llama")
+    assert (config.unknown_architecture, config.lora_embeddings, config.probe) == ("refuse", True, False)
+    assert config.converter_python == "/opt/torch/bin/python"
