@@ -142,3 +142,12 @@ def test_routes_sending_traffic() -> None:
         route("other", {"adapter": "b"}),
     ]
     assert routes_sending_to("a", routes) == ["by-spec", "by-status", "by-tenant", "mirror"]
+
+
+def test_modules_the_agent_finds_unusable_make_it_incompatible(spec: LoraAdapterSpec) -> None:
+    refused = loaded("p0", "Failed", reason="IncompatibleModules", message="lm_head is not adaptable by vLLM")
+    status, _ = plan_status(None, 1, "a", Observation(spec, SOURCE, COMPATIBLE, ALL3, [refused]), NOW)
+    compatible = cond(status, "Compatible")
+    assert (compatible["status"], compatible["reason"]) == ("False", "IncompatibleModules")
+    assert "lm_head" in compatible["message"] and cond(status, "Verified")["status"] == "Unknown"
+    assert status["phase"] == "Failed"

@@ -37,9 +37,13 @@ TERMINAL_REASONS = frozenset(
         "InvalidDigest",
         "InvalidName",
         "InvalidRequest",
+        "UnsafeFormat",
+        "IncompatibleModules",
     }
 )
 """Agent reasons that say the artifact (or the request for it) is unusable: retrying cannot help."""
+AGENT_COMPATIBILITY_REASONS = frozenset({"IncompatibleModules"})
+"""The agent read the adapter's tensors and found modules vLLM would load but not apply: not Compatible."""
 TRANSIENT_REASONS = frozenset({"VllmUnavailable", "StorageUnavailable", "AgentUnavailable"})
 """Reasons that mean "not yet": the agent keeps a verified adapter and loads it once vLLM answers."""
 INTEGRITY_REASONS = frozenset({"DigestMismatch", "UnsafePath", "Symlink", "InvalidManifest", "ArtifactMissing"})

@@ -22,7 +22,7 @@ from loraops.api.adapter import (
 from loraops.api.common import Condition
 from loraops.kube.conditions import find, set_condition
 
-from .placement import INTEGRITY_REASONS, TERMINAL_REASONS, Assignment, PlacementView
+from .placement import AGENT_COMPATIBILITY_REASONS, INTEGRITY_REASONS, TERMINAL_REASONS, Assignment, PlacementView
 from .preflight import Source, Verdict
 
 CONDITIONS = ("Verified", "Compatible", "Loaded", "Evaluated")
@@ -61,7 +61,11 @@ def _verified(obs: Observation) -> Verdict:
     if bad:
         first = bad[0]
         return Verdict("False", first.reason or "DigestMismatch", f"pod {first.pod}: {first.message or ''}".strip())
-    refused = [p for p in obs.placements if p.state == "Failed" and p.reason in TERMINAL_REASONS]
+    refused = [
+        p
+        for p in obs.placements
+        if p.state == "Failed" and p.reason in TERMINAL_REASONS and p.reason not in AGENT_COMPATIBILITY_REASONS
+    ]
     if refused:
         first = refused[0]
         return Verdict("False", first.reason or "ArtifactRefused", f"pod {first.pod}: {first.message or ''}".strip())
@@ -145,6 +149,11 @@ def plan_status(
 
     verdicts: dict[str, Verdict] = {"Verified": _verified(obs)}
     verdicts["Compatible"] = obs.compatible or Verdict("Unknown", "SourcePending", "waiting for the source")
+    mismatch = next((p for p in obs.placements if p.reason in AGENT_COMPATIBILITY_REASONS), None)
+    if mismatch is not None and verdicts["Compatible"].status == "True":
+        # The agent read the tensors: what the spec claims is not what the files hold.
+        message = f"pod {mismatch.pod}: {mismatch.message or ''}".strip()
+        verdicts["Compatible"] = Verdict("False", mismatch.reason or "IncompatibleModules", message)
     loaded, count, wanted = _loaded(obs)
     verdicts["Loaded"] = loaded
     if obs.evaluation is not None:
