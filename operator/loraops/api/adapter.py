@@ -19,6 +19,7 @@ from .common import (
     Sha256,
     TenantId,
 )
+from .signing import SignatureSpec, SignatureStatus
 from .training import Method, TargetModule
 
 SOURCE_RULES: list[JsonValue] = [
@@ -74,6 +75,9 @@ class AdapterSource(ApiModel):
     """Secret with read credentials for s3:// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`)."""
     training_ref: LocalObjectReference | None = None
     """A LoraTraining in this namespace; uri and digest are taken from its status once it succeeds."""
+    signature: SignatureSpec | None = None
+    """Verify the adapter's OpenSSF model signature (`model.sig` in the folder) before every load. Required
+    in namespaces where the operator's `requireSignedAdapters` policy applies."""
 
 
 class AdapterLora(ApiModel):
@@ -232,6 +236,8 @@ class LoraAdapterStatus(ApiModel):
     ready_replicas: str | None = None
     """Loaded replicas over wanted replicas, e.g. `3/3`."""
     release: ReleaseSummary | None = None
+    signature: SignatureStatus | None = None
+    """Who signed the release and the signed subject digest, as the agents verified them (with `source.signature`)."""
     message: str | None = None
     observed_generation: int | None = None
     conditions: Conditions | None = None

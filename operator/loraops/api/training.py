@@ -20,6 +20,7 @@ from .common import (
     Sha256,
     TenantId,
 )
+from .signing import SigningSpec
 
 Method = Literal["lora", "qlora", "dora", "rslora"]
 DatasetFormat = Literal["chat", "completion", "text"]
@@ -185,6 +186,9 @@ class LoraTrainingSpec(ApiModel):
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     adapter_template: AdapterTemplate | None = None
     """When set, a LoraAdapter is created from the output on success."""
+    signing: SigningSpec | None = None
+    """Sign the finished adapter (OpenSSF model signing): the trainer writes `model.sig` next to its files and
+    records the signed subject digest in the manifest."""
     suspend: bool = False
     """Suspend the Job (pods are removed; training resumes from the last checkpoint when unset)."""
 
@@ -211,6 +215,8 @@ class TrainingOutput(ApiModel):
     """Where the adapter folder is."""
     sha256: Sha256
     """The adapter's digest (manifest rule): what a LoraAdapter's `source.sha256` pins."""
+    signature_digest: Sha256 | None = None
+    """The subject digest of the adapter's signature (`spec.signing`), from its manifest."""
     metrics: dict[str, float] | None = None
     """Final metrics (first and last train loss, eval loss, …)."""
 
