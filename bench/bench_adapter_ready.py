@@ -1,8 +1,8 @@
 """LoraAdapter apply → Ready: 50 adapters on 3 replicas, and one adapter on the real vLLM CPU server.
 
 Setup: the fake API; the real operator (`loraops.runtime.run_async`, kopf's default settings) in its own
-process; 3 "pods", each a real agent in front of a fake vLLM (`loraops.devmode.fakevllm`; the load call
-itself was measured at 5–10 ms on real vLLM, NOTES), all in this process. The vLLM Deployment is already
+process; 3 "pods", each its own process with a real agent in front of a fake vLLM (`loraops.devmode.fakevllm`;
+the load call itself was measured at 5–10 ms on real vLLM, NOTES). The vLLM Deployment is already
 prepared as the operator leaves it for 50 adapters (agent sidecar, `--max-cpu-loras`), as in a cluster that
 serves adapters already: the figure is placement, download, verification and load, not a pod rollout.
 
@@ -36,6 +36,27 @@ NAMESPACE = "bench"
 ADAPTERS = int(os.environ.get("BENCH_ADAPTERS", "50"))
 REPLICAS = 3
 BASE = "meta-llama/Llama-3.1-8B-Instruct"
+REPLICA = """
+import asyncio, pathlib, sys
+from aiohttp import web
+from loraops.agent.config import AgentConfig
+from loraops.agent.server import build_app
+from loraops.agent.service import Agent
+from loraops.devmode.fakevllm import FakeVllm
+
+async def main(workdir: str, base: str, port: int) -> None:
+    fake = FakeVllm(base_model=base)
+    await fake.start()
+    root = pathlib.Path(workdir)
+    config = AgentConfig(adapters_dir=root / "adapters", vllm_url=fake.url, pvc_root=root / "pvc", watch_interval=0.5)
+    runner = web.AppRunner(build_app(Agent(config), watch=True), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
 OPERATOR = """
 import asyncio, sys
 from loraops.config import OperatorConfig
@@ -147,21 +168,41 @@ def _operator(api: FakeKubeApi) -> subprocess.Popen[bytes]:
     )
 
 
-def _cluster(
-    api: FakeKubeApi, replicas: LocalReplicas, deployment: dict[str, Any], vllm_url: str | None, n: int
-) -> None:
-    api.create("deployments", deployment, NAMESPACE)
-    for i in range(n):
-        replica = replicas.add(f"vllm-{i}", vllm_url=vllm_url)
-        api.create("pods", pod_from_template(deployment, f"vllm-{i}", replica.agent_url, f"10.0.0.{i + 1}"), NAMESPACE)
+def _replica_processes(
+    api: FakeKubeApi, deployment: dict[str, Any], work: pathlib.Path
+) -> list[tuple[subprocess.Popen[str], str]]:
+    """One process per pod (a real agent and its fake vLLM), as each pod has its own CPU in a cluster."""
+    from loraops.devmode.fakevllm import free_port
+
+    started = []
+    for i in range(REPLICAS):
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-c", REPLICA, str(work / f"pod-{i}"), BASE, str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=REPO,
+        )
+        started.append((process, f"http://127.0.0.1:{port}"))
+    for i, (process, url) in enumerate(started):
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        api.create("pods", pod_from_template(deployment, f"vllm-{i}", url, f"10.0.0.{i + 1}"), NAMESPACE)
+    return started
+
+
+def _held(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/v1/adapters", timeout=10) as response:
+        return sum(1 for a in json.load(response)["adapters"] if a["state"] == "Loaded")
 
 
 def fleet(work: pathlib.Path) -> dict[str, Any]:
     config = OperatorConfig()
-    with FakeKubeApi(crd_dirs=[REPO / "crds"]) as api, LocalReplicas(work / "replicas", base_model=BASE) as replicas:
+    with FakeKubeApi(crd_dirs=[REPO / "crds"]) as api:
         api.ensure_namespace(NAMESPACE)
         deployment = _deployment(BASE, ["--model", BASE], config, ADAPTERS)
-        _cluster(api, replicas, deployment, None, REPLICAS)
+        api.create("deployments", deployment, NAMESPACE)
+        replicas = _replica_processes(api, deployment, work)
         bodies = [
             _adapter(f"support-{i:03d}", BASE, *_synthetic_adapter(work / "artifacts" / f"a{i:03d}", i))
             for i in range(ADAPTERS)
@@ -173,7 +214,7 @@ def fleet(work: pathlib.Path) -> dict[str, Any]:
             started = time.monotonic()
             durations = _measure(api, bodies, f"{REPLICAS}/{REPLICAS}", timeout=300)
             total = time.monotonic() - started
-            loads = [len(r.vllm.loads()) for r in replicas.replicas.values() if r.vllm]
+            loads = [_held(url) for _, url in replicas]
             return {
                 "adapters": ADAPTERS,
                 "replicas": REPLICAS,
@@ -181,12 +222,15 @@ def fleet(work: pathlib.Path) -> dict[str, Any]:
                 "p99_s": round(_percentile(durations, 0.99), 3),
                 "max_s": round(max(durations), 3),
                 "all_ready_s": round(total, 3),
-                "vllm_loads_per_replica": loads,
+                "loaded_per_replica": loads,
                 "deployment_patches": api.request_count("PATCH", r"/deployments/vllm$") - patches_before,
             }
         finally:
             operator.terminate()
             operator.wait(timeout=30)
+            for process, _ in replicas:
+                process.terminate()
+                process.wait(timeout=30)
 
 
 def real_vllm(work: pathlib.Path) -> dict[str, Any]:
@@ -217,7 +261,9 @@ def real_vllm(work: pathlib.Path) -> dict[str, Any]:
         ):
             api.ensure_namespace(NAMESPACE)
             deployment = _deployment("tiny-llama", ["--model", str(model)], OperatorConfig(), 1)
-            _cluster(api, replicas, deployment, server.url, 1)
+            api.create("deployments", deployment, NAMESPACE)
+            replica = replicas.add("vllm-0", vllm_url=server.url)
+            api.create("pods", pod_from_template(deployment, "vllm-0", replica.agent_url, "10.0.0.1"), NAMESPACE)
             operator = _operator(api)
             try:
                 time.sleep(2.0)
@@ -250,7 +296,8 @@ def run() -> dict[str, Any]:
             result["real_vllm_one_s"] = None
             result["real_vllm_skipped"] = f"{error}"
     result["setup"] = (
-        "fake API + 3 real agents (fake vLLM) in this process; operator in its own process with kopf defaults; "
+        "fake API in this process; 3 pods = 3 processes, each a real agent before a fake vLLM; operator in its own "
+        "process with kopf defaults; "
         "Deployment pre-sized, pods not rolled; Ready = phase Ready with readyReplicas N/N, polled every 20 ms"
     )
     return result

@@ -143,7 +143,9 @@ def plan_status(
         changed = before is None or before.status != verdict.status or before.reason != verdict.reason
         # Ready repeats another condition's reason: it is worth an Event only when it is won or lost.
         lost = before is not None and before.status == "True" and verdict.status != "True"
-        worth = (verdict.status == "True" or lost) if quiet else verdict.status != "Unknown"
+        # Others: a Warning when they turn False; their success is summed up by Ready's one Normal Event (50
+        # adapters applied at once would otherwise post hundreds of Events that say little).
+        worth = (verdict.status == "True" or lost) if quiet else verdict.status == "False"
         if changed and worth:
             events.append(Event("Normal" if verdict.status == "True" else "Warning", verdict.reason, verdict.message))
 
