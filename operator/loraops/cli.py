@@ -88,6 +88,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 
     commands["agent"] = add_agent_command(sub)
     commands["digest"] = add_digest_command(sub)
+    from loraops.signing import add_signing_commands
+
+    commands.update(add_signing_commands(sub))
     from loraops.router.cli import add_router_command
 
     commands["router"] = add_router_command(sub)

@@ -202,6 +202,31 @@ class ReleaseConfig(Model):
     """The prompt version the adapter was trained for."""
 
 
+class SigningConfig(Model):
+    """Sign the finished adapter (OpenSSF model signing): paths of mounted files, never the key itself."""
+
+    key_path: str | None = None
+    """PEM EC private key (the operator mounts it from `spec.signing.keySecretRef`, mode 0400)."""
+    certificate_path: str | None = None
+    """Signing certificate for `keyPath` (certificate signing instead of a bare key)."""
+    certificate_chain_paths: list[str] = Field(default_factory=list)
+    """Intermediate certificates for `certificatePath`; paths that do not exist are skipped (optional key)."""
+    sigstore: bool = False
+    """Sigstore keyless signing with the pod's ambient OIDC identity (needs network access)."""
+    key_secret_ref: dict[str, Any] | None = None
+    """Operator-only (the Secret is mounted as a volume); ignored here."""
+    certificate_secret_ref: dict[str, Any] | None = None
+    """Operator-only; ignored here."""
+
+    @model_validator(mode="after")
+    def _one_way(self) -> SigningConfig:
+        if self.sigstore == (self.key_path is not None):
+            raise ValueError("set exactly one of keyPath or sigstore")
+        if self.certificate_path is not None and self.key_path is None:
+            raise ValueError("certificatePath needs keyPath")
+        return self
+
+
 OPERATOR_ONLY_FIELDS = frozenset({"resources", "image", "imagePullSecrets", "runPolicy", "adapterTemplate", "suspend"})
 """Top-level LoraTraining spec fields about the Job, not the training: accepted and dropped."""
 
@@ -221,6 +246,8 @@ class TrainConfig(Model):
     progress: ProgressConfig = Field(default_factory=ProgressConfig)
     output: OutputConfig
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    signing: SigningConfig | None = None
+    """Sign the adapter before publishing (rank 0 writes `model.sig`)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -3,14 +3,16 @@
 The digest rule, which needs nothing but the files (so a PEFT folder trained elsewhere gets its digest the same
 way, and the agent can check a download without trusting the manifest):
 
-1. Take every regular file under the directory, recursively, except `loraops-manifest.json` at the top and
-   anything whose path has a component starting with `.` (checkpoints, staging, editor files).
+1. Take every regular file under the directory, recursively, except `loraops-manifest.json` and `model.sig`
+   (the OpenSSF model signature, see `signing.py`) at the top and anything whose path has a component
+   starting with `.` (checkpoints, staging, editor files). The signature is left out so that signing a folder
+   (at training time, or later in CI) never changes the digest a LoraAdapter pins.
 2. For each, the line `<sha256 hex of the bytes>  <path relative to the directory, '/'-separated>\\n` (the
    format of `sha256sum`).
 3. Sort the lines by path (bytewise on UTF-8) and take the sha256 of their concatenation: 64 hex characters.
 
-In a shell: `cd DIR && find . -type f ! -path '*/.*' ! -path ./loraops-manifest.json | sed 's|^\\./||' |
-LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum`.
+In a shell: `cd DIR && find . -type f ! -path '*/.*' ! -path ./loraops-manifest.json ! -path ./model.sig |
+sed 's|^\\./||' | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from .storage import MANIFEST_NAME
 
 SCHEMA_VERSION = 1
 CHUNK = 1 << 20
+SIGNATURE_NAME = "model.sig"
+"""The signature file (signing.SIGNATURE_FILE): outside the digest rule, like the manifest."""
+UNLISTED = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 
 
 def file_sha256(path: pathlib.Path) -> str:
@@ -48,7 +53,7 @@ def listed_files(root: pathlib.Path) -> list[str]:
             if filename.startswith("."):
                 continue
             relative = pathlib.Path(dirpath, filename).relative_to(root).as_posix()
-            if relative == MANIFEST_NAME:
+            if relative in UNLISTED:
                 continue
             if pathlib.Path(dirpath, filename).is_file():
                 names.append(relative)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import TrainConfig
+from .config import SigningConfig, TrainConfig
 from .data import (
     IGNORE_INDEX,
     BatchPlan,
@@ -152,6 +152,11 @@ def _result_from_manifest(manifest: dict[str, Any], uri: str) -> dict[str, Any]:
         "already_published": True,
         "output_uri": uri,
         "digest": manifest.get("digest"),
+        **(
+            {"signature_digest": manifest["signature"]["subjectDigest"]}
+            if isinstance(manifest.get("signature"), dict) and "subjectDigest" in manifest["signature"]
+            else {}
+        ),
         "steps": metrics.get("steps"),
         "total_steps": metrics.get("steps"),
         "metrics": metrics,
@@ -182,7 +187,7 @@ def train(
 def _train(
     config: TrainConfig, dist: Any, reporter: Reporter, work: pathlib.Path, stop: StopFlag, torch: Any
 ) -> dict[str, Any]:
-    from . import checkpoint, methods
+    from . import checkpoint, methods, signing
     from .manifest import build_manifest, hash_directory, write_manifest
 
     clock = Clock()
@@ -256,6 +261,12 @@ def _train(
         if meta.micro_batch != meta.step * hp.gradient_accumulation:
             raise ConfigError("CheckpointInvalid", f"{where}: data position {meta.micro_batch} != step × accumulation")
         return meta
+
+    signing_config = config.signing
+    if signing_config is not None and signing_config.key_path is not None:
+        # Only rank 0 signs, but a key that cannot sign must stop every rank before the training, not after it.
+        key_path = pathlib.Path(signing_config.key_path)
+        dist.agree(lambda: signing.check_private_key(key_path))
 
     # The first write to the output location: after every read-only check, so bad input leaves nothing behind.
     dist.agree(store.probe_writable)
@@ -449,6 +460,7 @@ def _train(
         # The vocabulary is never resized here; "auto" would look the base name up on the hub.
         model.save_pretrained(str(staging), safe_serialization=True, save_embedding_layers=False)
         weights_digest = config.base_model.sha256
+        signature = _sign(staging, config.signing) if config.signing is not None else None
         manifest = build_manifest(
             staging,
             kind="adapter",
@@ -486,6 +498,7 @@ def _train(
                 "resumedFromStep": run.resumed_from,
                 "outputUri": config.output.uri,
             },
+            signature=signature,
         )
         write_manifest(staging, manifest)
         digest, _ = hash_directory(staging)
@@ -496,6 +509,7 @@ def _train(
             "status": "succeeded",
             "output_uri": config.output.uri,
             "digest": manifest["digest"],
+            **({"signature_digest": signature["subjectDigest"]} if signature else {}),
             "steps": run.step,
             "total_steps": total_steps,
             "resumed_from_step": run.resumed_from,
@@ -512,6 +526,23 @@ def _train(
         reporter.emit("result", **result)
     dist.barrier()
     return result
+
+
+def _sign(staging: pathlib.Path, spec: SigningConfig) -> dict[str, Any]:
+    """Sign the staged adapter (before the manifest exists: the manifest records the signature, so it cannot
+    be inside it); returns the manifest's `signature` section. Keys are read from their mounted files by the
+    library and never logged."""
+    from .signing import SIGNATURE_FILE, sign_folder
+
+    chain = [pathlib.Path(p) for p in spec.certificate_chain_paths if pathlib.Path(p).is_file()]
+    facts = sign_folder(
+        staging,
+        private_key=pathlib.Path(spec.key_path) if spec.key_path else None,
+        certificate=pathlib.Path(spec.certificate_path) if spec.certificate_path else None,
+        certificate_chain=chain,
+        sigstore=spec.sigstore,
+    )
+    return {"file": SIGNATURE_FILE, **facts.as_dict()}
 
 
 def _local_base(config: TrainConfig, work: pathlib.Path, main_path: str) -> pathlib.Path:

@@ -32,6 +32,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         lora_embeddings=args.lora_embeddings,
         probe=args.probe,
         converter_python=args.converter_python,
+        require_signed=args.require_signed,
     )
 
 
@@ -80,6 +81,11 @@ def add_agent_command(sub: Any) -> Any:
     )
     parser.add_argument(
         "--no-probe", dest="probe", action="store_false", help="skip the effect probe after loads (not advised)"
+    )
+    parser.add_argument(
+        "--require-signed",
+        action="store_true",
+        help="refuse adapters whose PUT asks for no signature check (reason SignatureMissing)",
     )
     parser.add_argument("--converter-python", help="Python with torch + safetensors for convertPickle opt-ins")
     parser.add_argument("-v", "--verbose", action="store_true")

@@ -7,7 +7,15 @@ from typing import Any
 
 import aiohttp
 
-from loraops.agent.models import AdapterList, AdapterRecord, ErrorBody, ProbeSpec, PutAdapter, PutResult
+from loraops.agent.models import (
+    AdapterList,
+    AdapterRecord,
+    ErrorBody,
+    ProbeSpec,
+    PutAdapter,
+    PutResult,
+    SignatureCheck,
+)
 
 
 class AgentError(Exception):
@@ -104,6 +112,7 @@ class AgentClient:
         credentials_secret: str | None = None,
         convert_pickle: bool = False,
         probe: ProbeSpec | None = None,
+        signature: SignatureCheck | None = None,
     ) -> AdapterRecord:
         """Make the agent hold `name` at `digest` (idempotent); returns the record once loaded.
 
@@ -111,7 +120,8 @@ class AgentClient:
         `probe_message` means it answers like the base model: not Ready). Raises AgentError: 400 bad request,
         409 served name taken, 422 artifact refused (reason says why: DigestMismatch, UnsafePath, Symlink,
         TooLarge, TooManyFiles, SourceNotFound, UnsafeFormat, ConversionUnavailable, IncompatibleModules,
-        InvalidWeights, InvalidAdapter, UnknownArchitecture…), 502 store or vLLM error, 503 vLLM unavailable
+        InvalidWeights, InvalidAdapter, UnknownArchitecture, SignatureMissing, SignatureInvalid…), 502 store or vLLM
+        error, 503 vLLM unavailable
         (the verified adapter is held and loads when vLLM is back).
         """
         body = PutAdapter(
@@ -122,6 +132,7 @@ class AgentClient:
             # Only sent when used, so the body stays acceptable to agents that predate these fields.
             convert_pickle=True if convert_pickle else None,
             probe=probe,
+            signature=signature,
         )
         status, data = await self._call("PUT", f"/v1/adapters/{name}", body.wire())
         if status != 200:

@@ -44,6 +44,9 @@ class AgentConfig:
     """Accept LoRA on embed_tokens/lm_head: only when vLLM is configured to apply it for this model."""
     probe: bool = True
     """Run the effect probe after each load (a PUT can still turn it off for itself)."""
+    require_signed: bool = False
+    """Refuse every PUT that does not ask for a signature check (`SignatureMissing`): the node-level half of
+    the operator's `requireSignedAdapters` policy, for agents that must never load unsigned bytes."""
     converter_python: str | None = None
     """The Python that converts pickle weights (needs torch and safetensors); default: the agent's own."""
 

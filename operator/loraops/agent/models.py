@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 AdapterState = Literal["Loading", "Loaded", "Failed", "Unloading"]
@@ -42,6 +42,39 @@ class ProbeSpec(WireModel):
     nothing on generic prompts is better probed with prompts of its own)."""
 
 
+PEM_MAX = 16384
+"""A public key is a few hundred bytes, a CA chain a few kilobytes."""
+
+
+class SignatureCheck(WireModel):
+    """How to verify the adapter's OpenSSF model signature (`model.sig`) before it is loaded. Only public
+    material or references travel in a request: a PEM holding a private key is refused."""
+
+    kind: Literal["publicKey", "certificateChain", "sigstore"] = "publicKey"
+    pem: str | None = Field(default=None, min_length=1, max_length=PEM_MAX)
+    """The public key or CA chain as PEM text (the operator reads it from a ConfigMap)."""
+    secret: str | None = Field(default=None, pattern=SECRET_PATTERN)
+    """Or: a Secret mounted under the agent's credentials folder holding the PEM (a reference, never the data)."""
+    key: str = Field(default="public.pem", pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)
+    """The Secret's key (file) holding the PEM."""
+    identity: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Sigstore: the signer identity that must appear in the signing certificate."""
+    issuer: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Sigstore: the OIDC issuer of that identity."""
+
+    @model_validator(mode="after")
+    def _one_trust_root(self) -> SignatureCheck:
+        if self.pem is not None and "PRIVATE KEY" in self.pem:
+            # Whoever sent this leaked a private key into a request: refuse it loudly rather than use it.
+            raise ValueError("signature.pem holds a private key: send the public key only")
+        if self.kind == "sigstore":
+            if not (self.identity and self.issuer):
+                raise ValueError("signature kind sigstore needs identity and issuer")
+        elif (self.pem is None) == (self.secret is None):
+            raise ValueError(f"signature kind {self.kind} needs exactly one of pem or secret")
+        return self
+
+
 class PutAdapter(WireModel):
     """Body of `PUT /v1/adapters/{name}`. Unknown fields are refused, so credentials cannot ride along."""
 
@@ -57,6 +90,8 @@ class PutAdapter(WireModel):
     process; without it any pickle file is refused (`UnsafeFormat`). Sent only when set, so an older agent
     keeps accepting the body."""
     probe: ProbeSpec | None = None
+    signature: SignatureCheck | None = None
+    """Verify the adapter's signature before loading, in addition to the digest. Sent only when set."""
 
 
 class AdapterRecord(AnswerModel):
@@ -89,6 +124,11 @@ class AdapterRecord(AnswerModel):
     probe_latency_seconds: float | None = None
     """The adapter's first probe request (cold), seconds."""
     probe_message: str | None = None
+    signer: str | None = None
+    """Who signed the adapter, when its signature was verified before the load (see loraops_trainer.signing)."""
+    signature_digest: str | None = None
+    """The verified signature's subject digest."""
+    signature_verified_at: dt.datetime | None = None
 
 
 class AdapterList(AnswerModel):

@@ -21,9 +21,9 @@ import aiohttp
 
 from loraops.agent import modules, probe, stage
 from loraops.agent.config import AgentConfig
-from loraops.agent.errors import AgentFailure, BadRequest, Conflict, VllmRejected, VllmUnavailable
+from loraops.agent.errors import AgentFailure, ArtifactRejected, BadRequest, Conflict, VllmRejected, VllmUnavailable
 from loraops.agent.metrics import AgentMetrics
-from loraops.agent.models import NAME_PATTERN, AdapterRecord, ProbeSpec, PutAdapter
+from loraops.agent.models import NAME_PATTERN, AdapterRecord, ProbeSpec, PutAdapter, SignatureCheck
 from loraops.agent.sources import scheme_of, source_for
 from loraops.agent.vllmapi import VllmApi
 from loraops_trainer.errors import TrainerError
@@ -133,6 +133,11 @@ class Agent:
                 raise BadRequest(error.reason, error.message) from None
             scheme_of(request.uri)
             source_for(request.uri, self.config)
+            if self.config.require_signed and request.signature is None:
+                raise ArtifactRejected(
+                    "SignatureMissing",
+                    "this agent requires signed adapters (--require-signed) and the request names no signature check",
+                )
         except AgentFailure as error:
             raise self._fail(error) from None
         async with self._lock(name):
@@ -147,7 +152,12 @@ class Agent:
     async def _put_locked(self, name: str, request: PutAdapter, digest: str) -> tuple[AdapterRecord, bool]:
         current = self.records.get(name)
         if current is not None and current.digest == digest and current.state == "Loaded":
-            return current, False
+            if request.signature is None or current.signature_digest is not None:
+                return current, False
+            # Loaded before a signature was asked for (the policy or the spec changed since): check the installed
+            # bytes now; an adapter that fails stops serving.
+            await self._verify_loaded_signature(current, request.signature)
+            return current, True
         wanted_served = request.served_name or name
         for other in self.records.values():
             if other.name != name and other.served_name == wanted_served:
@@ -180,6 +190,9 @@ class Agent:
             self._after_failure(name, replacing, record, error)
             raise
         record.size, record.files, record.converted_from = verified.size, verified.files, verified.converted_from
+        if verified.signed is not None:
+            record.signer, record.signature_digest = verified.signed.signer, verified.signed.subject_digest
+            record.signature_verified_at = now()
         if verified.installed_digest is not None:
             self._installed_digests[(name, digest)] = verified.installed_digest
         try:
@@ -233,7 +246,12 @@ class Agent:
             started = time.monotonic()
             try:
                 verified = await asyncio.to_thread(
-                    stage.verify, staging, digest, self.config, convert_pickle=bool(request.convert_pickle)
+                    stage.verify,
+                    staging,
+                    digest,
+                    self.config,
+                    convert_pickle=bool(request.convert_pickle),
+                    signature=request.signature,
                 )
             except AgentFailure as error:
                 self.metrics.verifications.labels("failed").inc()
@@ -251,6 +269,25 @@ class Agent:
             raise AgentFailure("LocalStorageError", f"adapters folder: {error}") from None
         finally:
             await asyncio.to_thread(stage.remove, staging)
+
+    async def _verify_loaded_signature(self, record: AdapterRecord, check: SignatureCheck) -> None:
+        final = self.config.adapters_dir / record.name / record.digest
+        try:
+            if (record.name, record.digest) in self._installed_digests:
+                # Converted files are no longer the signed ones: only the original download could be checked.
+                raise ArtifactRejected(
+                    "SignatureInvalid", "the installed files were converted from pickle; re-release the adapter signed"
+                )
+            signed = await asyncio.to_thread(stage.verify_signature, final, check, self.config)
+        except AgentFailure as error:
+            self.metrics.verifications.labels("failed").inc()
+            await self._retire(record)
+            record.state, record.reason, record.message, record.path = "Failed", error.reason, error.message, None
+            log.warning("adapter %s unloaded: its signature does not verify: %s", record.name, error)
+            raise
+        self.metrics.verifications.labels("ok").inc()
+        record.signer, record.signature_digest = signed.signer, signed.subject_digest
+        record.signature_verified_at = now()
 
     async def _base(self) -> tuple[str | None, modules.BaseModel]:
         """The base model's served name (for the probe) and what the agent can read of it (for the check)."""

@@ -11,6 +11,7 @@ import contextlib
 import json
 import pathlib
 import shutil
+import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,13 +19,23 @@ from dataclasses import dataclass
 from loraops.agent import formats
 from loraops.agent.config import AgentConfig
 from loraops.agent.errors import AgentFailure, ArtifactRejected, BadRequest
+from loraops.agent.models import SignatureCheck
 from loraops.agent.safety import Budget, check_tree, safe_relative
 from loraops.agent.sources import FetchRequest, source_for
+from loraops_trainer import signing
 from loraops_trainer.errors import TrainerError
 from loraops_trainer.manifest import hash_directory, verify_directory
 from loraops_trainer.storage import MANIFEST_NAME
 
 STAGING_PREFIX = ".staging-"
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A signature verified before the load."""
+
+    signer: str
+    subject_digest: str
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,7 @@ class Verified:
     """The folder's digest after a pickle conversion changed its files (None: unchanged, equal to `digest`);
     what re-verification before a reload must find."""
     converted_from: str | None = None
+    signed: Signed | None = None
 
 
 def new_staging(config: AgentConfig) -> pathlib.Path:
@@ -79,11 +91,57 @@ def check_manifest_names(root: pathlib.Path, max_files: int) -> None:
             raise ArtifactRejected("Symlink", f"{name!r} listed in {MANIFEST_NAME} is a symlink")
 
 
-def verify(root: pathlib.Path, digest: str, config: AgentConfig, *, convert_pickle: bool = False) -> Verified:
-    """Every file against the manifest (when there is one) and the folder against `digest`; then no pickle.
+def verify_signature(root: pathlib.Path, check: SignatureCheck, config: AgentConfig) -> Signed:
+    """The folder against its `model.sig` with the trust root the request names (OpenSSF model signing).
+
+    Runs on bytes that already matched the digest and before any conversion: a signature speaks for the files
+    as their signer wrote them. Raises ArtifactRejected `SignatureMissing` / `SignatureInvalid`."""
+    with tempfile.TemporaryDirectory(prefix="loraops-trust-") as scratch:
+        trust: pathlib.Path | None = None
+        if check.kind != "sigstore":
+            if check.pem is not None:
+                trust = pathlib.Path(scratch, "trust.pem")
+                trust.write_text(check.pem, encoding="utf-8")
+            else:
+                assert check.secret is not None
+                if config.credentials_dir is None:
+                    raise BadRequest(
+                        "CredentialsUnavailable",
+                        f"secret {check.secret!r} named, but this agent has no credentials folder",
+                    )
+                trust = config.credentials_dir / check.secret / check.key
+                if not trust.is_file():
+                    raise AgentFailure(
+                        "CredentialsUnavailable",
+                        f"key {check.key!r} of secret {check.secret!r} is not mounted",
+                        status=422,
+                    )
+        try:
+            facts = signing.verify_folder(
+                root,
+                public_key=trust if check.kind == "publicKey" else None,
+                certificate_chain=[trust] if check.kind == "certificateChain" and trust else (),
+                sigstore_identity=check.identity,
+                sigstore_issuer=check.issuer,
+            )
+        except TrainerError as error:
+            raise ArtifactRejected(error.reason, error.message) from None
+    return Signed(signer=facts.signer, subject_digest=facts.subject_digest)
+
+
+def verify(
+    root: pathlib.Path,
+    digest: str,
+    config: AgentConfig,
+    *,
+    convert_pickle: bool = False,
+    signature: SignatureCheck | None = None,
+) -> Verified:
+    """Every file against the manifest (when there is one) and the folder against `digest`; then the signature
+    (when asked for); then no pickle.
 
     Pickle files are refused before hashing (cheap, and the answer does not depend on the digest); with the
-    opt-in, only bytes that matched the digest are converted.
+    opt-in, only bytes that matched the digest (and the signature) are converted.
     """
     files, size = check_tree(root, config.max_files, config.max_bytes)
     check_manifest_names(root, config.max_files)
@@ -94,13 +152,19 @@ def verify(root: pathlib.Path, digest: str, config: AgentConfig, *, convert_pick
         raise ArtifactRejected(error.reason, error.message) from None
     if not result.ok:
         raise ArtifactRejected("DigestMismatch", "; ".join(result.problems[:5]))
+    signed = verify_signature(root, signature, config) if signature is not None else None
     if not pickles:
-        return Verified(digest=result.digest, files=files, size=size)
+        return Verified(digest=result.digest, files=files, size=size, signed=signed)
     conversion = formats.convert(root, pickles, config.converter_python)
     files, size = check_tree(root, config.max_files, config.max_bytes)
     installed, _ = hash_directory(root)
     return Verified(
-        digest=result.digest, files=files, size=size, installed_digest=installed, converted_from=conversion.source
+        digest=result.digest,
+        files=files,
+        size=size,
+        installed_digest=installed,
+        converted_from=conversion.source,
+        signed=signed,
     )
 
 

@@ -28,6 +28,13 @@ EXIT_CONFIG = 3
 """`loraops_trainer` exits 3 on bad input and 4 on a digest mismatch: retrying cannot fix either."""
 EXIT_INTEGRITY = 4
 TRAINER_UID = 1000
+SIGNING_DIR = "/var/run/loraops/signing"
+SIGNING_KEY_FILE = "private.pem"
+SIGNING_CERT_FILE = "certificate.pem"
+SIGNING_CHAIN_FILE = "chain.pem"
+SECRET_MODE = 0o400
+"""Owner-read only; with the pod's fsGroup the kubelet adds group read, so the trainer's group (and no one
+else) can read the key."""
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION")
 
 
@@ -60,6 +67,8 @@ def trainer_config(spec: LoraTrainingSpec, training: str) -> dict[str, Any]:
     )
     config["checkpoint"] = {"intervalSteps": spec.checkpoint_interval_steps}
     config["output"] = {"uri": output_uri(spec, training)}
+    if spec.signing is not None:
+        config["signing"] = signing_config(spec)
     template = spec.adapter_template
     config["release"] = {
         "name": (template.name if template and template.name else training),
@@ -67,6 +76,53 @@ def trainer_config(spec: LoraTrainingSpec, training: str) -> dict[str, Any]:
         **({"promptVersion": template.prompt_version} if template and template.prompt_version else {}),
     }
     return config
+
+
+def signing_config(spec: LoraTrainingSpec) -> dict[str, Any]:
+    """The trainer's `signing` section: where the mounted key and certificate are, never their content."""
+    signing = spec.signing
+    assert signing is not None
+    if signing.sigstore is not None:
+        return {"sigstore": True}
+    section: dict[str, Any] = {"keyPath": f"{SIGNING_DIR}/key/{SIGNING_KEY_FILE}"}
+    if signing.certificate_secret_ref is not None:
+        section["certificatePath"] = f"{SIGNING_DIR}/certificate/{SIGNING_CERT_FILE}"
+        if signing.certificate_secret_ref.chain_key:
+            section["certificateChainPaths"] = [f"{SIGNING_DIR}/certificate/{SIGNING_CHAIN_FILE}"]
+    return section
+
+
+def _signing_volumes(spec: LoraTrainingSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) for the signing key and certificate: each Secret key projected under a fixed file
+    name (only the keys named, not the whole Secret), read-only, mode 0400."""
+    signing = spec.signing
+    if signing is None or signing.key_secret_ref is None:
+        return [], []
+    key = signing.key_secret_ref
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "signing-key",
+            "secret": {
+                "secretName": key.name,
+                "items": [{"key": key.key, "path": SIGNING_KEY_FILE}],
+                "defaultMode": SECRET_MODE,
+            },
+        }
+    ]
+    mounts: list[dict[str, Any]] = [{"name": "signing-key", "mountPath": f"{SIGNING_DIR}/key", "readOnly": True}]
+    certificate = signing.certificate_secret_ref
+    if certificate is not None:
+        items = [{"key": certificate.key, "path": SIGNING_CERT_FILE}]
+        if certificate.chain_key:
+            items.append({"key": certificate.chain_key, "path": SIGNING_CHAIN_FILE})
+        volumes.append(
+            {
+                "name": "signing-certificate",
+                "secret": {"secretName": certificate.name, "items": items, "defaultMode": SECRET_MODE},
+            }
+        )
+        mounts.append({"name": "signing-certificate", "mountPath": f"{SIGNING_DIR}/certificate", "readOnly": True})
+    return volumes, mounts
 
 
 def _claims(spec: LoraTrainingSpec) -> dict[str, bool]:
@@ -188,6 +244,9 @@ def _job(
         {"name": "scratch", "emptyDir": {}},
         {"name": "home", "emptyDir": {}},
     ]
+    signing_volumes, signing_mounts = _signing_volumes(spec)
+    volumes += signing_volumes
+    mounts += signing_mounts
     for index, (claim, read_only) in enumerate(sorted(_claims(spec).items())):
         volumes.append({"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
         mounts.append({"name": f"pvc-{index}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": read_only})

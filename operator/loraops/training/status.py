@@ -188,7 +188,13 @@ def plan_status(
         record = _result(observed) or {}
         if record.get("digest") and record.get("output_uri"):
             metrics = {k: float(v) for k, v in (record.get("metrics") or {}).items() if isinstance(v, int | float)}
-            output = TrainingOutput(uri=record["output_uri"], sha256=record["digest"], metrics=metrics or None)
+            signed = record.get("signature_digest")
+            output = TrainingOutput(
+                uri=record["output_uri"],
+                sha256=record["digest"],
+                signature_digest=signed if isinstance(signed, str) and len(signed) == 64 else None,
+                metrics=metrics or None,
+            )
             message = f"trained {record.get('steps', '?')} steps; adapter {output.sha256[:12]} at {output.uri}"
             condition("Succeeded", "True", "Completed", message, "Normal")
         else:
