@@ -115,7 +115,9 @@ class Cluster:
 
 @pytest.fixture
 def adapter_config(operator_config: OperatorConfig) -> OperatorConfig:
-    return operator_config.model_copy(update={"agent_url_annotation": True, "post_events": True})
+    # No resync during a test: what happens must come from events (adapter changes, pod watch), as in a cluster
+    # where the timer runs every few minutes.
+    return operator_config.model_copy(update={"agent_url_annotation": True, "post_events": True, "resync_seconds": 300})
 
 
 @pytest.fixture

@@ -79,9 +79,13 @@ def test_no_op_reconciles_do_not_touch_the_deployment(
     version = cluster.deployment()["metadata"]["resourceVersion"]
     loads = sum(len(r.vllm.loads()) for r in cluster.replicas.replicas.values() if r.vllm)
     reconciles = fake_api.request_count("GET", rf"/loraadapters/{name}$")
-    # Several more reconciles (resync every second and a spec-less poke) must change nothing.
-    fake_api.patch("loraadapters", NAMESPACE, name, {"metadata": {"labels": {"poke": "1"}}})
-    wait_for(lambda: fake_api.request_count("GET", rf"/loraadapters/{name}$") >= reconciles + 3, message="reconciles")
+    # Three more reconciles (label pokes, as a GitOps tool re-applying would cause) must change nothing.
+    for poke in ("1", "2", "3"):
+        fake_api.patch("loraadapters", NAMESPACE, name, {"metadata": {"labels": {"poke": poke}}})
+        wait_for(
+            lambda n=int(poke): fake_api.request_count("GET", rf"/loraadapters/{name}$") >= reconciles + n,
+            message=f"reconcile {poke}",
+        )
     assert deployment_patches(fake_api) == patches == 1
     assert cluster.deployment()["metadata"]["resourceVersion"] == version
     assert sum(len(r.vllm.loads()) for r in cluster.replicas.replicas.values() if r.vllm) == loads == 3
