@@ -65,5 +65,13 @@ class OperatorConfig(BaseModel):
     """`--max-cpu-loras` grows in powers of two from here, so adding adapters rarely rolls the pods."""
     api_threads: int = 32
     """Threads for blocking Kubernetes API calls (the operator's event loop never waits on one)."""
+    require_signed_adapters: list[str] = Field(default_factory=list)
+    """Namespaces whose LoraAdapters must carry `source.signature` (verified by the agents before every load);
+    `["*"]` means every namespace. An unsigned adapter there is refused (`Verified` False, `SignatureMissing`)
+    with a message naming this policy."""
     evaluation_ttl_seconds: int = 86400
     """Finished evaluation Jobs are removed after this long (their result stays in the adapter's status)."""
+
+    def requires_signature(self, namespace: str) -> bool:
+        """Whether the `requireSignedAdapters` policy covers `namespace`."""
+        return "*" in self.require_signed_adapters or namespace in self.require_signed_adapters

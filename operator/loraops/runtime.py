@@ -106,6 +106,7 @@ def _operator(args: argparse.Namespace) -> int:
         priority=args.priority,
         controllers=args.controller or list(HANDLER_MODULES),
         router_metrics_urls=args.router_metrics_url or [],
+        require_signed_adapters=args.require_signed_adapters or [],
         **({"trainer_image": args.trainer_image} if args.trainer_image else {}),
     )
     if config.metrics_port:
@@ -133,5 +134,11 @@ def add_operator_command(sub: Any) -> Any:
         "--router-metrics-url", action="append", help="a router replica's /metrics URL for canary analysis (repeatable)"
     )
     parser.add_argument("--trainer-image", help="image of training Jobs whose spec names none")
+    parser.add_argument(
+        "--require-signed-adapters",
+        action="append",
+        metavar="NAMESPACE",
+        help="LoraAdapters in this namespace must be signed and verified ('*': every namespace; repeatable)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return _operator

@@ -54,7 +54,10 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"loraops verify: {folder}: not a folder", file=sys.stderr)
         return 2
     if sum(bool(x) for x in (args.public_key, args.certificate_chain, args.sigstore_identity)) != 1:
-        print("loraops verify: give exactly one of --public-key, --certificate-chain, --sigstore-identity", file=sys.stderr)
+        print(
+            "loraops verify: give exactly one of --public-key, --certificate-chain, --sigstore-identity",
+            file=sys.stderr,
+        )
         return 2
     try:
         facts = verify_folder(

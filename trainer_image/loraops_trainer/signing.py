@@ -68,7 +68,10 @@ def key_fingerprint(public_key: Any) -> str:
     return hashlib.sha256(pem).hexdigest()
 
 
-_MISMATCH = re.compile(r"Hash mismatch for \\?'([^'\\]+)|(Extra|Missing) files (?:found )?in model '[^']*': ([^'\]\"]+)")
+_MISMATCH = re.compile(
+    r"Hash mismatch for \\?'([^'\\]+)"  # the file name; the reprs of both digests that follow are dropped
+    r"|(Extra|Missing) files (?:found )?in model '[^']*': ([^'\]\"]+)"
+)
 
 
 def _mismatch_message(text: str) -> str:
