@@ -16,7 +16,7 @@ from loraops.api.kinds import ADAPTER_ROUTE, LORA_ADAPTER
 from loraops.api.route import AdapterRouteSpec, AdapterRouteStatus, AnalysisResult
 from loraops.config import OperatorConfig
 from loraops.kube.acceptance import parse_spec, plan_acceptance
-from loraops.kube.client import PODS, KubeClient
+from loraops.kube.client import PODS, SERVICES, KubeClient
 from loraops.kube.conditions import is_true
 from loraops.kube.handlers import kind_resource, register_reconciler, write_status
 from loraops.kube.metrics import instrumented
@@ -25,6 +25,8 @@ from .analysis import Snapshot, figures, result, window
 from .providers import BuiltinProvider, MetricsProvider, PrometheusProvider, open_circuits
 from .rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION, AdapterView, ObservedRoute, plan_route
 
+SERVICE_URL_ANNOTATION = "loraops.io/url"
+"""Dev mode and tests only (OperatorConfig.agent_url_annotation): where a Service really answers."""
 ACTIVE_PHASES = ("Pending", "Progressing", "Paused", "Degraded")
 AGENT_URL_ANNOTATION = "loraops.io/vllm-url"
 
@@ -64,9 +66,7 @@ class RouteController:
         replicas = await self._metrics(spec)
         observed = ObservedRoute(
             adapters=await self.adapters(meta["namespace"]),
-            base_url=self.config.service_url_template.format(
-                service=spec.base.service, namespace=meta["namespace"], port=spec.base.port
-            ),
+            base_url=await self.base_url(spec, meta["namespace"]),
             analysis=self.analyse(meta["uid"], spec, status, replicas),
             promote=annotations.get(PROMOTE_ANNOTATION) == "true",
             abort=annotations.get(ABORT_ANNOTATION) == "true",
@@ -81,6 +81,17 @@ class RouteController:
         if plan.consumed_annotations:
             patch = {"metadata": {"annotations": dict.fromkeys(plan.consumed_annotations)}}
             await self.client.apatch(kind_resource(ADAPTER_ROUTE), meta["namespace"], meta["name"], patch)
+
+    async def base_url(self, spec: AdapterRouteSpec, namespace: str) -> str:
+        """The base Service's URL; in dev mode (only) a Service's `loraops.io/url` annotation overrides it."""
+        if self.config.agent_url_annotation:
+            service = await self.client.aget(SERVICES, namespace, spec.base.service)
+            url = ((service or {}).get("metadata", {}).get("annotations") or {}).get(SERVICE_URL_ANNOTATION)
+            if url:
+                return str(url)
+        return self.config.service_url_template.format(
+            service=spec.base.service, namespace=namespace, port=spec.base.port
+        )
 
     async def _metrics(self, spec: AdapterRouteSpec) -> list[Snapshot] | None:
         provider = self.provider(spec)
