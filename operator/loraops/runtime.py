@@ -94,7 +94,16 @@ def _operator(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    config = OperatorConfig(
+    config = operator_config(args)
+    if config.metrics_port:
+        start_metrics_server(config.metrics_port)
+    asyncio.run(run_async(config))
+    return 0
+
+
+def operator_config(args: argparse.Namespace) -> OperatorConfig:
+    """The OperatorConfig the `loraops operator` flags describe."""
+    return OperatorConfig(
         namespaces=args.namespace or [],
         clusterwide=args.all_namespaces,
         resync_seconds=args.resync_seconds,
@@ -109,10 +118,6 @@ def _operator(args: argparse.Namespace) -> int:
         require_signed_adapters=args.require_signed_adapters or [],
         **({"trainer_image": args.trainer_image} if args.trainer_image else {}),
     )
-    if config.metrics_port:
-        start_metrics_server(config.metrics_port)
-    asyncio.run(run_async(config))
-    return 0
 
 
 def add_operator_command(sub: Any) -> Any:
