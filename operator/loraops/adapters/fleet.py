@@ -16,6 +16,7 @@ from loraops.config import OperatorConfig
 from .deployment import AGENT_CONTAINER, CREDENTIALS_DIR, DeploymentPlan, Needs, rank_limit
 from .placement import AdapterWant
 from .preflight import Source, Verdict, preflight, resolve_source
+from .signature import secrets_for
 
 Obj = dict[str, Any]
 
@@ -72,6 +73,8 @@ def needs(group: list[Member], deployment: Obj | None, config: OperatorConfig) -
     credentials = {
         m.source.credentials_secret for m in group if isinstance(m.source, Source) and m.source.credentials_secret
     }
+    # Trust roots kept in Secrets are mounted like read credentials: the agents read them, the operator never.
+    credentials |= {secret for m in group for secret in secrets_for(m.spec)}
     return Needs(
         max_rank=max((r for r in ranks if r <= limit), default=None),
         adapters=len(group),

@@ -24,6 +24,7 @@ import aiohttp
 import kopf
 
 from loraops.agent.client import AgentClient, AgentError
+from loraops.agent.models import SignatureCheck
 from loraops.api.adapter import LoraAdapterSpec, LoraAdapterStatus
 from loraops.api.common import API_VERSION
 from loraops.api.kinds import ADAPTER_ROUTE, LORA_ADAPTER, LORA_TRAINING
@@ -40,6 +41,8 @@ from .fleet import Member, members, needs, wants
 from .placement import Assignment, Outcome, PodView, placements, plan_actions, plan_placement
 from .preflight import Source, Verdict, preflight
 from .routes import routes_sending_to
+from .signature import agent_check, policy_refusal
+from .signature import config_map_name as signature_config_map
 from .status import Event, Observation, plan_deletion_status, plan_status
 
 Obj = dict[str, Any]
@@ -185,16 +188,21 @@ class AdapterController:
             )
             if plan.patch is not None:
                 deployment, plan, changes = await self.patch_deployment(namespace, target, group, logger)
-        obs = Observation(spec=spec, source=me.source, deployment_changes=changes)
+        # Signatures (issue 9): the policy and the agents' request. A refusal stands in for the source, so the
+        # adapter is placed nowhere and what the pods still hold of it is unloaded.
+        check = await self.signature_check(namespace, spec) if isinstance(me.source, Source) else None
+        refusal = policy_refusal(spec, namespace, self.config) or (check if isinstance(check, Verdict) else None)
+        signature = check if isinstance(check, SignatureCheck) else None
+        obs = Observation(spec=spec, source=refusal or me.source, deployment_changes=changes)
         pods: list[PodView] = []
-        if isinstance(me.source, Source):
-            obs.compatible = preflight(spec, me.source, deployment, plan, self.config)
+        if isinstance(obs.source, Source):
+            obs.compatible = preflight(spec, obs.source, deployment, plan, self.config)
         if deployment is not None and plan is not None and plan.limits is not None:
             pods = await self.observe_pods(namespace, deployment)
             plan_all = plan_placement(wants(group, deployment, plan, self.config), pods, plan.limits.max_cpu_loras)
-            obs.assignment = plan_all.get(name, Assignment((), 0))
-            digest = me.source.digest if isinstance(me.source, Source) else None
-            outcomes = await self.apply_placement(me, obs.assignment, pods, digest)
+            obs.assignment = plan_all.get(name, Assignment((), 0)) if refusal is None else Assignment((), 0)
+            digest = obs.source.digest if isinstance(obs.source, Source) else None
+            outcomes = await self.apply_placement(me, obs.assignment, pods, digest, signature)
             obs.placements = placements(name, digest, obs.assignment, pods, outcomes)
         if spec.evaluation is not None:
             obs.evaluation, obs.evaluation_result = await self.evaluation_step(body, spec, me, obs, deployment)
@@ -241,10 +249,30 @@ class AdapterController:
 
         return list(await asyncio.gather(*(view(p) for p in pods)))
 
+    async def signature_check(self, namespace: str, spec: LoraAdapterSpec) -> SignatureCheck | Verdict | None:
+        """What the agents verify the signature with (a ConfigMap's PEM is read here), or why it cannot be."""
+        if spec.source.signature is None:
+            return None
+        config_map_ref = signature_config_map(spec.source.signature)
+        config_map = await self.client.aget(CONFIGMAPS, namespace, config_map_ref) if config_map_ref else None
+        return agent_check(spec.source.signature, config_map)
+
     async def apply_placement(
-        self, me: Member, assignment: Assignment, pods: list[PodView], digest: str | None
+        self,
+        me: Member,
+        assignment: Assignment,
+        pods: list[PodView],
+        digest: str | None,
+        signature: SignatureCheck | None = None,
     ) -> dict[str, Outcome]:
         actions = plan_actions(me.name, digest, assignment, pods)
+        if signature is not None:
+            # Held before a signature was asked for: the agent must check the installed bytes now.
+            for pod in pods:
+                record = (pod.records or {}).get(me.name)
+                unchecked = record is not None and record.state == "Loaded" and record.signature_digest is None
+                if pod.name in assignment.pods and unchecked and pod.name not in actions.put:
+                    actions.put.append(pod.name)
         urls = {p.name: p.url for p in pods}
         source = me.source
 
@@ -252,7 +280,11 @@ class AdapterController:
             assert isinstance(source, Source) and urls[pod]
             try:
                 record = await self.agent(str(urls[pod])).put(
-                    me.name, source.uri, source.digest, credentials_secret=source.credentials_secret
+                    me.name,
+                    source.uri,
+                    source.digest,
+                    credentials_secret=source.credentials_secret,
+                    signature=signature,
                 )
             except AgentError as error:
                 return pod, Outcome(error.record if error.status == 503 else None, error.reason, error.message)

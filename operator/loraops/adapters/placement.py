@@ -39,6 +39,8 @@ TERMINAL_REASONS = frozenset(
         "InvalidRequest",
         "UnsafeFormat",
         "IncompatibleModules",
+        "SignatureInvalid",
+        "SignatureMissing",
     }
 )
 """Agent reasons that say the artifact (or the request for it) is unusable: retrying cannot help."""
@@ -46,7 +48,17 @@ AGENT_COMPATIBILITY_REASONS = frozenset({"IncompatibleModules"})
 """The agent read the adapter's tensors and found modules vLLM would load but not apply: not Compatible."""
 TRANSIENT_REASONS = frozenset({"VllmUnavailable", "StorageUnavailable", "AgentUnavailable"})
 """Reasons that mean "not yet": the agent keeps a verified adapter and loads it once vLLM answers."""
-INTEGRITY_REASONS = frozenset({"DigestMismatch", "UnsafePath", "Symlink", "InvalidManifest", "ArtifactMissing"})
+INTEGRITY_REASONS = frozenset(
+    {
+        "DigestMismatch",
+        "UnsafePath",
+        "Symlink",
+        "InvalidManifest",
+        "ArtifactMissing",
+        "SignatureInvalid",
+        "SignatureMissing",
+    }
+)
 """Agent reasons that mean the bytes are not the release: the adapter is not Verified."""
 
 
@@ -158,6 +170,10 @@ class PlacementView:
     message: str | None = None
     size: int | None = None
     files: int | None = None
+    signer: str | None = None
+    """Who signed, when the agent verified a signature before the load (issue 9)."""
+    signature_digest: str | None = None
+    signature_verified_at: datetime | None = None
 
 
 def placements(
@@ -198,6 +214,9 @@ def placements(
                     record.message,
                     record.size,
                     record.files,
+                    record.signer,
+                    record.signature_digest,
+                    record.signature_verified_at,
                 )
             )
         elif pod is not None and pod.records is None:

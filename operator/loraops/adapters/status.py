@@ -24,6 +24,7 @@ from loraops.kube.conditions import find, set_condition
 
 from .placement import AGENT_COMPATIBILITY_REASONS, INTEGRITY_REASONS, TERMINAL_REASONS, Assignment, PlacementView
 from .preflight import Source, Verdict
+from .signature import signature_status
 
 CONDITIONS = ("Verified", "Compatible", "Loaded", "Evaluated")
 TERMINAL_EVAL_REASONS = {"BelowMinDelta", "SliceRegression", "EvaluationFailed", "GoldenSetUnavailable"}
@@ -70,6 +71,16 @@ def _verified(obs: Observation) -> Verdict:
         first = refused[0]
         return Verdict("False", first.reason or "ArtifactRefused", f"pod {first.pod}: {first.message or ''}".strip())
     loaded = [p for p in obs.placements if p.state == "Loaded" and p.digest == digest]
+    if loaded and obs.spec.source.signature is not None:
+        signed = [p for p in loaded if p.signature_digest]
+        if not signed:
+            return Verdict("Unknown", "AwaitingSignatureCheck", "no agent has verified the signature yet")
+        return Verdict(
+            "True",
+            "SignatureVerified",
+            f"every file matches digest {digest[:12]}… and the signature of {signed[0].signer} "
+            f"(verified by the agents of {len(signed)} pod(s))",
+        )
     if loaded:
         return Verdict(
             "True",
@@ -221,6 +232,10 @@ def plan_status(
             "placements": placements,
             "ready_replicas": f"{count}/{wanted}",
             "release": release,
+            "signature": (
+                signature_status(obs.placements, obs.source.digest if isinstance(obs.source, Source) else None)
+                or (status.signature if spec.source.signature is not None else None)
+            ),
             "message": (
                 f"Ready: serving as {served or name} on {count}/{wanted} replicas"
                 if ready
