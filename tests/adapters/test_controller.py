@@ -143,3 +143,57 @@ def test_deletion_waits_while_routed_then_unloads_everywhere(
     fake_api.patch("adapterroutes", NAMESPACE, "support-bot", {"spec": {"adapter": None}})
     wait_for(lambda: fake_api.get("loraadapters", NAMESPACE, name) is None, timeout=20, message="adapter released")
     assert all(cluster.loaded(pod) == set() for pod in cluster.replicas.replicas), "unloaded from every pod"
+
+
+def test_training_ref_adapter_waits_for_its_training_then_loads_its_output(
+    fake_api: FakeKubeApi, cluster: Cluster, adapter_operator: Any, repo: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """An adapter released from a training (the same object the training's adapterTemplate would create) waits
+    while the training runs, then takes uri and digest from the training's status and loads on every replica.
+    The test plays the training's Job controller."""
+    import json
+
+    import yaml
+
+    from loraops.api.training import LoraTrainingSpec
+    from loraops.training.lineage import adapter_from_template
+
+    training = yaml.safe_load((repo / "examples" / "20-training.yaml").read_text())
+    fake_api.create("loratrainings", training, NAMESPACE)
+    lineage = adapter_from_template("support-v2", NAMESPACE, LoraTrainingSpec.model_validate(training["spec"]))
+    fake_api.create("loraadapters", lineage, NAMESPACE)
+    for _ in range(3):
+        cluster.add_pod()
+    job = wait_for(lambda: fake_api.list("jobs", NAMESPACE), message="the training Job")[0]["metadata"]["name"]
+    pending = wait_for(
+        lambda: (
+            condition(fake_api, "support-v2", "Verified").get("reason") == "TrainingPending"
+            and status(fake_api, "support-v2")
+        ),
+        timeout=30,
+        message="the adapter waiting for its training",
+    )
+    assert pending["phase"] == "Pending" and not pending.get("placements")
+    assert all(cluster.loaded(pod) == set() for pod in cluster.replicas.replicas)
+    folder, digest = make_adapter(tmp_path / "trained" / "support-v2", seed=11)
+    result = {"event": "result", "status": "succeeded", "output_uri": f"file://{folder}", "digest": digest, "steps": 9}
+    terminated = {"exitCode": 0, "reason": "Completed", "message": json.dumps(result)}
+    pod = {
+        "metadata": {"name": f"{job}-p", "labels": {"loraops.io/training": "support-v2", "job-name": job}},
+        "spec": {"containers": [{"name": "trainer", "image": "trainer"}]},
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}],
+        },
+    }
+    fake_api.create("pods", pod, NAMESPACE)
+    complete = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    fake_api.patch("jobs", NAMESPACE, job, complete, subresource="status")
+    try:
+        current = wait_for(lambda: ready(fake_api, "support-v2", "3/3"), timeout=30, message="Ready from the output")
+    except AssertionError as error:
+        trained = (fake_api.get("loratrainings", NAMESPACE, "support-v2") or {}).get("status")
+        raise AssertionError(f"{error}; adapter {status(fake_api, 'support-v2')}; training {trained}") from None
+    assert (current["artifact"]["uri"], current["artifact"]["digest"]) == (f"file://{folder}", digest)
+    assert current["release"]["trainedBy"] == "support-v2" and current["release"]["version"] == "2.0.0"
+    assert all(cluster.loaded(pod) == {"support-v2"} for pod in cluster.replicas.replicas)

@@ -85,6 +85,9 @@ def test_training_ref_takes_uri_digest_and_credentials_from_the_training(example
     done = training("Succeeded", output={"uri": "s3://adapters/support/support-v2/", "sha256": DIGEST})
     source = resolve_source(adapter, done)
     assert source == Source("s3://adapters/support/support-v2/", DIGEST, "s3-writer", BASE, 32, ("q_proj", "v_proj"))
+    on_pvc = training("Succeeded", output={"uri": "pvc://adapters/support-v2/", "sha256": DIGEST})
+    resolved = resolve_source(adapter, on_pvc)
+    assert isinstance(resolved, Source) and resolved.credentials_secret is None, "S3 keys only go with s3://"
 
 
 def test_compatible_when_base_rank_and_modules_fit(examples: dict[str, Any]) -> None:

@@ -51,6 +51,7 @@ SERVICE_URL_ANNOTATION = "loraops.io/url"
 ADAPTERS = kind_resource(LORA_ADAPTER)
 TRAININGS = kind_resource(LORA_TRAINING)
 ROUTES = kind_resource(ADAPTER_ROUTE)
+TRAINING_RESOURCE = (LORA_TRAINING.group, LORA_TRAINING.version, LORA_TRAINING.plural)
 RESOURCES: dict[str, Resource] = {"ConfigMap": CONFIGMAPS, "Job": JOBS}
 
 
@@ -127,6 +128,7 @@ class AdapterController:
         self._session: aiohttp.ClientSession | None = None
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._pods_seen: dict[str, tuple[bool, str | None]] = {}
+        self._trainings_seen: dict[str, tuple[str, str]] = {}
 
     # ---- plumbing ----
 
@@ -425,6 +427,22 @@ class AdapterController:
         if key[0] and key[1]:
             await self.sweep(str(key[1]), {a["metadata"]["name"] for a in adapters}, logger)
 
+    async def training_event(self, event: Obj, namespace: str, logger: kopf.Logger) -> None:
+        """A training that succeeds (or fails) resolves the source of the adapters released from it."""
+        training = event.get("object") or {}
+        meta = training.get("metadata") or {}
+        status = training.get("status") or {}
+        key = (str(status.get("phase")), str((status.get("output") or {}).get("sha256")))
+        uid = f"training/{meta.get('uid')}"
+        if self._trainings_seen.get(uid) == key:
+            return
+        self._trainings_seen[uid] = key
+        adapters = [
+            a for a in await self.client.aitems(ADAPTERS, namespace)
+            if (((a.get("spec") or {}).get("source") or {}).get("trainingRef") or {}).get("name") == meta.get("name")
+        ]  # fmt: skip
+        await asyncio.gather(*(self.reconcile(a, logger) for a in adapters))
+
     async def sweep(self, url: str, known: set[str], logger: kopf.Logger) -> None:
         """Unload what no LoraAdapter of this Deployment wants any more (e.g. deleted while the operator was
         down, its finalizer removed by hand): nothing stays loaded that no one wants."""
@@ -448,6 +466,13 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, client: Ku
             await controller.pod_event(dict(event), namespace, logger)
 
     kopf.on.event("", "v1", "pods", registry=registry, labels={AGENT_LABEL: "true"}, id="follow-vllm-pod")(follow_pod)
+
+    @instrumented(LORA_ADAPTER.kind)
+    async def follow_training(*, event: kopf.RawEvent, namespace: str | None, logger: kopf.Logger, **_: Any) -> None:
+        if namespace:
+            await controller.training_event(dict(event), namespace, logger)
+
+    kopf.on.event(*TRAINING_RESOURCE, registry=registry, id="follow-training")(follow_training)
 
     @kopf.on.startup(registry=registry, id="adapter-executor")
     async def executor(**_: Any) -> None:

@@ -59,6 +59,7 @@ def resolve_source(spec: LoraAdapterSpec, training: Obj | None) -> Source | Verd
     declared_modules = tuple(lora.target_modules) if lora and lora.target_modules else None
     if source.uri and source.sha256:
         secret = source.credentials_secret_ref.name if source.credentials_secret_ref else None
+        secret = secret if source.uri.startswith("s3://") else None
         return Source(source.uri, source.sha256, secret, None, declared_rank, declared_modules)
     if source.training_ref is None:
         return Verdict("False", "InvalidSource", "set source.uri with source.sha256, or source.trainingRef")
@@ -73,11 +74,13 @@ def resolve_source(spec: LoraAdapterSpec, training: Obj | None) -> Source | Verd
     if phase != "Succeeded" or not output.get("uri") or not output.get("sha256"):
         return Verdict("Unknown", "TrainingPending", f"waiting for LoraTraining {name} to succeed (phase {phase})")
     tspec = training.get("spec") or {}
+    uri = str(output["uri"])
     tlora = tspec.get("lora") or {}
     secret = ((tspec.get("output") or {}).get("credentialsSecretRef") or {}).get("name")
+    secret = secret if uri.startswith("s3://") else None  # the Secret holds S3 keys; other schemes need none
     modules = declared_modules or (tuple(tlora["targetModules"]) if tlora.get("targetModules") else None)
     return Source(
-        uri=str(output["uri"]),
+        uri=uri,
         digest=str(output["sha256"]),
         credentials_secret=secret,
         trained_base_model=(tspec.get("baseModel") or {}).get("name"),
