@@ -95,3 +95,15 @@ def test_sign_with_a_key_that_is_not_a_key_fails_cleanly(
     bogus.write_text("not a key", encoding="utf-8")
     code, failed = run(capsys, "sign", str(root), "--key", str(bogus))
     assert code == 1 and failed["reason"] == "SigningFailed" and not (root / SIGNATURE_FILE).exists()
+
+
+def test_the_agent_flag_require_signed_reaches_the_config(tmp_path: pathlib.Path) -> None:
+    import argparse
+
+    from loraops.agent.cli import add_agent_command, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_agent_command(parser.add_subparsers())
+    base = ["agent", "--adapters-dir", str(tmp_path)]
+    assert config_from_args(parser.parse_args(base)).require_signed is False
+    assert config_from_args(parser.parse_args([*base, "--require-signed"])).require_signed is True
