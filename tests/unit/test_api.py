@@ -354,3 +354,15 @@ def test_step_rule_matches_its_meaning(step: dict[str, Any]) -> None:
     except ManifestInvalid:
         accepted = False
     assert accepted == (one_action and within_100)
+
+
+def test_demo_examples_validate(repo: pathlib.Path) -> None:
+    documents = [
+        d for p in sorted((repo / "examples" / "demo").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d
+    ]
+    assert {d["kind"] for d in documents} == {"ConfigMap", "LoraTraining", "LoraAdapter", "AdapterRoute"}
+    for document in documents:
+        if document["apiVersion"].startswith("loraops.io/"):
+            validate(document)
+        else:
+            kubernetes_validate.validate(document, "1.33", strict=True)

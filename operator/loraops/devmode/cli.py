@@ -8,13 +8,13 @@ from typing import Any
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from loraops.devmode import cluster, demo
+    from loraops.devmode import demo, world
 
     state = pathlib.Path(args.state)
     if args.action == "up":
-        return cluster.up(state, args.port)
+        return world.up(state, args.port)
     if args.action == "down":
-        return cluster.down(state)
+        return world.down(state)
     return demo.demo(state, headless=args.headless)
 
 
