@@ -4,6 +4,7 @@ reason and nothing is loaded, and the `requireSignedAdapters` policy refuses uns
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from collections.abc import Iterator
 from typing import Any
@@ -73,7 +74,9 @@ def test_signature_verified_refused_and_required_by_policy(
     examples: dict[str, Any],
     tmp_path: pathlib.Path,
     keys: KeyPair,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     intruder = make_keypair(tmp_path / "keys", "intruder")
     fake_api.create(
         "configmaps",
@@ -115,5 +118,7 @@ def test_signature_verified_refused_and_required_by_policy(
     assert cluster.loaded(pod) == {"signed"}, "only the verified adapter reaches vLLM"
     loads = [b["lora_name"] for b in cluster.replicas.replicas[pod].vllm.loads()]  # type: ignore[union-attr]
     assert "wrong-key" not in loads and "unsigned" not in loads
-    scan_everything(fake_api, keys)
-    scan_everything(fake_api, intruder)
+    for pair in (keys, intruder):
+        scan_everything(fake_api, pair)
+        assert_no_key_material("operator and agent logs", caplog.text, pair)
+    assert "SignatureInvalid" in caplog.text, "the logs were captured (the agent logs its refusal)"
