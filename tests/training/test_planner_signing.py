@@ -117,3 +117,18 @@ def test_the_api_refuses_signing_without_exactly_one_way(examples: dict[str, Any
     with pytest.raises(ManifestInvalid) as caught:
         validate(manifest)
     assert "signing" in str(caught.value.errors)
+
+
+def test_the_released_adapter_carries_the_templates_signature_check(examples: dict[str, Any]) -> None:
+    from loraops.api.adapter import LoraAdapterSpec
+    from loraops.training.lineage import adapter_from_template
+
+    raw = copy.deepcopy(examples["LoraTraining"]["spec"])
+    raw["signing"] = {"keySecretRef": {"name": "adapter-signing"}}
+    raw["adapterTemplate"]["signature"] = {"publicKey": {"configMapRef": {"name": "adapter-signers"}}}
+    adapter = adapter_from_template("support-v2", "team-a", LoraTrainingSpec.model_validate(raw))
+    signature = LoraAdapterSpec.model_validate(adapter["spec"]).source.signature
+    assert signature is not None and signature.public_key is not None
+    ref = signature.public_key.config_map_ref
+    assert ref is not None and ref.name == "adapter-signers"
+    assert "adapter-signing" not in json.dumps(adapter), "the private key's Secret stays with the training"

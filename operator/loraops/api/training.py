@@ -20,7 +20,7 @@ from .common import (
     Sha256,
     TenantId,
 )
-from .signing import SigningSpec
+from .signing import SignatureSpec, SigningSpec
 
 Method = Literal["lora", "qlora", "dora", "rslora"]
 DatasetFormat = Literal["chat", "completion", "text"]
@@ -162,6 +162,8 @@ class AdapterTemplate(ApiModel):
     """Owner recorded in the adapter's provenance."""
     license: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
     """License recorded in the adapter's provenance."""
+    signature: SignatureSpec | None = None
+    """How the adapter's agents verify the signature `spec.signing` writes (its `source.signature`)."""
 
 
 class LoraTrainingSpec(ApiModel):

@@ -22,9 +22,12 @@ def adapter_from_template(training: str, namespace: str, spec: LoraTrainingSpec)
         "targetModules": list(spec.lora.target_modules),
         "method": spec.method,
     }
+    source: dict[str, Any] = {"trainingRef": {"name": training}}
+    if template.signature is not None:
+        source["signature"] = template.signature.wire()
     adapter_spec: dict[str, Any] = {
         "baseModel": spec.base_model.name,
-        "source": {"trainingRef": {"name": training}},
+        "source": source,
         "lora": lora,
         "release": {
             "version": template.release_version or f"0.0.0-{training}",
