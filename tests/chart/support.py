@@ -210,3 +210,11 @@ def label_values_metric(query: str) -> str:
     if not found:
         raise ValueError(f"not a label_values(metric, label) query: {query!r}")
     return found.group(1)
+
+
+def dashboard() -> Any:
+    return json.loads((CHART / "dashboards" / "loraops.json").read_text(encoding="utf-8"))
+
+
+def dashboard_targets(board: Any) -> list[tuple[str, str]]:
+    return [(panel["title"], target["expr"]) for panel in board["panels"] for target in panel.get("targets", [])]

@@ -6,14 +6,23 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-from typing import Any
 
 import pytest
 
 from loraops.adapters.deployment import AGENT_LABEL, agent_container
 from loraops.config import OperatorConfig
 
-from .support import CHART, ROOT, Obj, label_values_metric, named, of_kind, promql_metrics, render
+from .support import (
+    ROOT,
+    Obj,
+    dashboard,
+    dashboard_targets,
+    label_values_metric,
+    named,
+    of_kind,
+    promql_metrics,
+    render,
+)
 
 pytestmark = pytest.mark.chart
 
@@ -25,14 +34,6 @@ DURATION = re.compile(r"^[0-9]+(ms|s|m|h)$")
 
 def alert_rules(objects: list[Obj]) -> list[Obj]:
     return [rule for r in of_kind(objects, "PrometheusRule") for g in r["spec"]["groups"] for rule in g["rules"]]
-
-
-def dashboard() -> Any:
-    return json.loads((CHART / "dashboards" / "loraops.json").read_text(encoding="utf-8"))
-
-
-def dashboard_targets(board: Any) -> list[tuple[str, str]]:
-    return [(panel["title"], target["expr"]) for panel in board["panels"] for target in panel.get("targets", [])]
 
 
 def test_promql_reader_finds_metrics_and_rejects_unknown_functions() -> None:

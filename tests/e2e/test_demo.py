@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.chart]
+pytestmark = [pytest.mark.e2e, pytest.mark.chart, pytest.mark.rollout]
 
 
 def running_under(folder: pathlib.Path) -> list[str]:
@@ -43,3 +43,19 @@ def test_demo_plays_every_stage_with_zero_failed_requests(tmp_path: pathlib.Path
     assert sent > 100 and failed == 0
     assert "everything it started has stopped" in out
     assert running_under(tmp_path) == [], "the demo left processes running"
+    assert_dashboard_reads_live_metrics(tmp_path / "demo" / "metrics")
+
+
+def assert_dashboard_reads_live_metrics(folder: pathlib.Path) -> None:
+    """Every series the Grafana dashboard queries is exposed by a live operator, router or agent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.chart.support import SUFFIXES, dashboard, dashboard_targets, promql_metrics
+
+    live: set[str] = set()
+    for page in folder.glob("*.prom"):
+        for family in text_string_to_metric_families(page.read_text()):
+            live.update(family.name + suffix for suffix in SUFFIXES[family.type])
+    assert {"operator.prom", "router.prom", "agent.prom"} <= {p.name for p in folder.glob("*.prom")}
+    read = {metric for _, expr in dashboard_targets(dashboard()) for metric in promql_metrics(expr)}
+    assert read and not read - live, f"the dashboard reads series no live process exposes: {sorted(read - live)}"

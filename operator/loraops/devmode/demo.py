@@ -282,10 +282,26 @@ class Demo:
                        lambda: self.broken_v3(traffic))  # fmt: skip
         finally:
             traffic.stop()
+        self.save_metrics()
         self.summary(traffic)
         if traffic.failed:
             raise DemoFailed(f"{traffic.failed} client requests failed: {traffic.failures[:3]}")
         return 0
+
+    def save_metrics(self) -> None:
+        """What operator, router and agent expose at the end, for a live check of the dashboard's queries."""
+        from prometheus_client import generate_latest
+
+        from loraops.devmode.world import POD
+        from loraops.kube.metrics import REGISTRY
+
+        folder = self.world.state / "metrics"
+        folder.mkdir(exist_ok=True)
+        (folder / "operator.prom").write_bytes(generate_latest(REGISTRY))
+        agent = self.world.replicas.replicas[POD].agent_url
+        for name, url in (("router", self.world.router_url), ("agent", agent)):
+            with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+                (folder / f"{name}.prom").write_bytes(response.read())
 
     def summary(self, traffic: Traffic) -> None:
         self.say("\n== summary")
