@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraops.config import OperatorConfig
-from loraops.kube.objects import bounded_name
+from loraops.kube.objects import bounded_name, restricted_security_context
 
 Obj = dict[str, Any]
 
@@ -310,15 +310,7 @@ def agent_container(config: OperatorConfig, vllm_port_: int, credentials: frozen
         # 503 while held adapters await a reload after a vLLM restart: the pod takes no traffic meanwhile.
         "readinessProbe": {**probe, "httpGet": {**probe["httpGet"], "path": "/readyz"}},
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": AGENT_UID,
-            "runAsGroup": AGENT_UID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_security_context(AGENT_UID),
     }
 
 

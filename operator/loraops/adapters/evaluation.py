@@ -23,7 +23,7 @@ import yaml
 
 from loraops.api.adapter import EvaluationResult, EvaluationSpec, SliceScore
 from loraops.config import OperatorConfig
-from loraops.kube.objects import MANAGED_BY, Owner, bounded_name
+from loraops.kube.objects import MANAGED_BY, Owner, bounded_name, restricted_security_context
 from loraops.training.planner import S3_SECRET_KEYS, TRAINER_UID
 
 Obj = dict[str, Any]
@@ -174,15 +174,7 @@ def render_evaluation(
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": TRAINER_UID,
-            "runAsGroup": TRAINER_UID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_security_context(TRAINER_UID),
     }
     job: Obj = {
         "apiVersion": "batch/v1",

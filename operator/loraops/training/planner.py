@@ -16,7 +16,7 @@ import yaml
 from loraops.api.common import SecretReference
 from loraops.api.training import LoraTrainingSpec
 from loraops.config import OperatorConfig
-from loraops.kube.objects import MANAGED_BY, Owner, bounded_name
+from loraops.kube.objects import MANAGED_BY, Owner, bounded_name, restricted_security_context
 
 TRAINING_LABEL = "loraops.io/training"
 CONFIG_DIR = "/etc/loraops"
@@ -260,15 +260,7 @@ def _job(
         "volumeMounts": mounts,
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": TRAINER_UID,
-            "runAsGroup": TRAINER_UID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_security_context(TRAINER_UID),
     }
     if multi_node:
         container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
