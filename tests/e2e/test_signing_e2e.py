@@ -43,7 +43,7 @@ def trained(tiny_model: pathlib.Path, keys: KeyPair, tmp_path_factory: pytest.Te
         tiny_model,
         data,
         root / "adapter",
-        max_steps=20,
+        max_steps=8,
         lora={"targetModules": ["q_proj", "v_proj"]},
         signing={"keyPath": str(keys.private)},
     )
