@@ -6,129 +6,21 @@ import asyncio
 import json
 import os
 import pathlib
-import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from loraops.agent.client import AgentClient
 from loraops.agent.config import AgentConfig
 from loraops.agent.server import build_app
 from loraops.agent.service import Agent
+from loraops.devmode.fakevllm import FakeVllm
 from loraops_trainer.manifest import build_manifest, hash_directory, write_manifest
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class FakeVllm:
-    """vLLM's runtime LoRA API as NOTES describe it (200 plain text, 400 name taken, 404 missing path, 500 on
-    an injected failure), on a fixed port so it can be stopped and started again like a restarted server.
-
-    Completions are deterministic: the base answers a fixed text with fixed logprobs; an adapter answers by
-    its entry in `answers` — "base" (exactly like the base: what vLLM does for a B = 0 adapter), "logprobs"
-    (same text, other logprobs) or "text" (the default: another text)."""
-
-    port: int = field(default_factory=free_port)
-    root: str = "/models/base"
-    """The base model's `root` in /v1/models (vLLM reports its --model path there)."""
-    adapters: dict[str, str] = field(default_factory=dict)
-    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    fail_next_load: list[int] = field(default_factory=list)
-    answers: dict[str, str] = field(default_factory=dict)
-    completions: list[dict[str, Any]] = field(default_factory=list)
-    """Completion requests, apart from `calls` (the LoRA API) so probes do not clutter those."""
-    fail_completions: int = 0
-    """Answer this many next completions with 500."""
-    healthy: bool = True
-    _runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def loads(self) -> list[dict[str, Any]]:
-        return [body for path, body in self.calls if path == "load"]
-
-    def app(self) -> web.Application:
-        async def health(_: web.Request) -> web.Response:
-            return web.Response(status=200 if self.healthy else 503)
-
-        async def models(_: web.Request) -> web.Response:
-            data = [{"id": "base", "root": self.root, "parent": None}]
-            data += [{"id": name, "root": path, "parent": "base"} for name, path in self.adapters.items()]
-            return web.json_response({"object": "list", "data": data})
-
-        async def load(request: web.Request) -> web.Response:
-            body = await request.json()
-            self.calls.append(("load", body))
-            if self.fail_next_load:
-                return web.Response(status=self.fail_next_load.pop(0), text="injected failure")
-            name, path = body["lora_name"], body["lora_path"]
-            if name in self.adapters and not body.get("load_inplace"):
-                return web.Response(status=400, text=f"The lora adapter '{name}' has already been loaded.")
-            if not pathlib.Path(path, "adapter_config.json").is_file():
-                return web.Response(status=404, text=f"No adapter found for {path}")
-            self.adapters[name] = path
-            return web.Response(status=200, text=f"Success: LoRA adapter '{name}' added successfully.")
-
-        async def unload(request: web.Request) -> web.Response:
-            body = await request.json()
-            self.calls.append(("unload", body))
-            if self.adapters.pop(body["lora_name"], None) is None:
-                return web.Response(status=404, text="not found")
-            return web.Response(status=200, text="Success")
-
-        async def completions(request: web.Request) -> web.Response:
-            body = await request.json()
-            self.completions.append(body)
-            model = body.get("model")
-            if model != "base" and model not in self.adapters:
-                error = {"message": f"The model `{model}` does not exist.", "type": "NotFoundError", "param": "model"}
-                return web.json_response({"error": error}, status=404)
-            if self.fail_completions:
-                self.fail_completions -= 1
-                return web.json_response({"error": {"message": "injected"}}, status=500)
-            mode = "base" if model == "base" else self.answers.get(model, "text")
-            text = f" answer to {body['prompt'][:12]!r}" + ("" if mode != "text" else f" from {model}")
-            logprobs = [-0.25, -1.5, -0.125] if mode != "logprobs" else [-0.25, -1.25, -0.125]
-            choice = {"index": 0, "text": text, "logprobs": {"token_logprobs": logprobs}}
-            return web.json_response({"model": model, "choices": [choice]})
-
-        app = web.Application()
-        app.router.add_post("/v1/completions", completions)
-        app.router.add_get("/health", health)
-        app.router.add_get("/v1/models", models)
-        app.router.add_post("/v1/load_lora_adapter", load)
-        app.router.add_post("/v1/unload_lora_adapter", unload)
-        return app
-
-    async def start(self) -> None:
-        self._runner = web.AppRunner(self.app())
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def restart(self) -> None:
-        """A restarted vLLM: same address, no runtime adapters."""
-        await self.stop()
-        self.adapters.clear()
-        await self.start()
-
 
 PEFT_TENSORS = tuple(
     f"base_model.model.model.layers.{layer}.self_attn.{module}.lora_{part}.weight"

@@ -34,13 +34,25 @@ def free_port() -> int:
 
 @dataclass
 class FakeVllm:
-    """vLLM's runtime LoRA API on a fixed port, so it can be stopped and started like a restarted server."""
+    """vLLM's runtime LoRA API as NOTES describe it (200 plain text, 400 name taken, 404 missing path, 500 on
+    an injected failure), on a fixed port so it can be stopped and started again like a restarted server.
+
+    Completions are deterministic: the base answers a fixed text with fixed logprobs; an adapter answers by
+    its entry in `answers` — "base" (exactly like the base: what vLLM does for a B = 0 adapter), "logprobs"
+    (same text, other logprobs) or "text" (the default: another text)."""
 
     base_model: str = "base"
     port: int = field(default_factory=free_port)
+    root: str = "/models/base"
+    """The base model's `root` in /v1/models (vLLM reports its --model path there)."""
     adapters: dict[str, str] = field(default_factory=dict)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     fail_next_load: list[int] = field(default_factory=list)
+    answers: dict[str, str] = field(default_factory=dict)
+    completions: list[dict[str, Any]] = field(default_factory=list)
+    """Completion requests, apart from `calls` (the LoRA API) so probes do not clutter those."""
+    fail_completions: int = 0
+    """Answer this many next completions with 500."""
     healthy: bool = True
     _runner: web.AppRunner | None = None
 
@@ -56,7 +68,7 @@ class FakeVllm:
             return web.Response(status=200 if self.healthy else 503)
 
         async def models(_: web.Request) -> web.Response:
-            data = [{"id": self.base_model, "root": "/models/base", "parent": None}]
+            data = [{"id": self.base_model, "root": self.root, "parent": None}]
             data += [{"id": name, "root": path, "parent": self.base_model} for name, path in self.adapters.items()]
             return web.json_response({"object": "list", "data": data})
 
@@ -82,11 +94,19 @@ class FakeVllm:
 
         async def completions(request: web.Request) -> web.Response:
             body = await request.json()
+            self.completions.append(body)
             model = body.get("model")
             if model != self.base_model and model not in self.adapters:
                 error = {"message": f"The model `{model}` does not exist.", "type": "NotFoundError", "param": "model"}
                 return web.json_response({"error": error}, status=404)
-            return web.json_response({"model": model, "choices": [{"index": 0, "text": f"answer of {model}"}]})
+            if self.fail_completions:
+                self.fail_completions -= 1
+                return web.json_response({"error": {"message": "injected"}}, status=500)
+            mode = "base" if model == self.base_model else self.answers.get(model, "text")
+            text = f" answer to {str(body.get('prompt', ''))[:12]!r}" + ("" if mode != "text" else f" from {model}")
+            logprobs = [-0.25, -1.5, -0.125] if mode != "logprobs" else [-0.25, -1.25, -0.125]
+            choice = {"index": 0, "text": text, "logprobs": {"token_logprobs": logprobs}}
+            return web.json_response({"model": model, "choices": [choice]})
 
         app = web.Application()
         app.router.add_get("/health", health)

@@ -337,4 +337,3 @@ def _kill(process: subprocess.Popen[str]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=5)
-
