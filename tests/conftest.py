@@ -70,3 +70,19 @@ def operator(fake_api: FakeKubeApi, operator_config: OperatorConfig) -> Iterator
     runner = OperatorThread(fake_api.url, registry=build_registry(operator_config, login=False), namespaces=[NAMESPACE])
     with runner:
         yield runner
+
+
+@pytest.fixture(scope="module")
+def moto_s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible server (moto) on loopback, fresh for each test module."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

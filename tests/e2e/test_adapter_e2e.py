@@ -8,14 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
-import socket
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
 import yaml
-from moto.server import ThreadedMotoServer
 
 from loraops.config import OperatorConfig
 from loraops.devmode.apiserver import FakeKubeApi
@@ -39,14 +36,8 @@ GOLDEN = [
 
 
 @pytest.fixture(scope="module")
-def s3() -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+def s3(moto_s3_endpoint: str) -> str:
+    return moto_s3_endpoint
 
 
 def upload_adapter(endpoint: str, folder: pathlib.Path) -> str:
