@@ -426,3 +426,21 @@ async def test_stale_staging_folders_are_removed_at_start(start_agent, fake_vllm
     (leftover / "partial.bin").write_bytes(b"half a download")
     await start_agent()
     assert not leftover.exists()
+
+
+async def test_record_carries_the_manifest_base_model_for_the_operator_check(
+    start_agent, new_adapter, tmp_path
+) -> None:
+    from loraops_trainer.manifest import build_manifest, write_manifest
+
+    folder, digest = new_adapter(tmp_path / "trained")
+    # The manifest is outside the digest rule: restating what it says leaves the pinned digest as it is.
+    write_manifest(
+        folder, build_manifest(folder, kind="adapter", merge_state="unmerged", baseModel={"name": "org/base-x"})
+    )
+    plain, plain_digest = new_adapter(tmp_path / "plain", manifest=False)
+    running = await start_agent()
+    trained = await running.client.put("trained", uri(folder), digest)
+    untracked = await running.client.put("plain", uri(plain), plain_digest)
+    assert trained.manifest_base_model == "org/base-x"
+    assert untracked.manifest_base_model is None

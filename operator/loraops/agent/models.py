@@ -129,6 +129,9 @@ class AdapterRecord(AnswerModel):
     signature_digest: str | None = None
     """The verified signature's subject digest."""
     signature_verified_at: dt.datetime | None = None
+    manifest_base_model: str | None = None
+    """`baseModel.name` of the adapter's loraops manifest (None: a plain PEFT folder, no manifest); the
+    operator checks it against the LoraAdapter's `spec.baseModel`."""
 
 
 class AdapterList(AnswerModel):

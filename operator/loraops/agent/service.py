@@ -27,7 +27,7 @@ from loraops.agent.models import NAME_PATTERN, AdapterRecord, ProbeSpec, PutAdap
 from loraops.agent.sources import scheme_of, source_for
 from loraops.agent.vllmapi import VllmApi
 from loraops_trainer.errors import TrainerError
-from loraops_trainer.manifest import normalise_digest
+from loraops_trainer.manifest import normalise_digest, read_manifest
 
 log = logging.getLogger("loraops.agent")
 NAME = re.compile(NAME_PATTERN)
@@ -315,6 +315,7 @@ class Agent:
             refuse_unknown=self.config.unknown_architecture == "refuse",
         )
         record.rank = result.rank
+        record.manifest_base_model = await asyncio.to_thread(_manifest_base_model, final)
         record.compatibility = "Compatible" if result.status == "Compatible" else "UnknownArchitecture"
         record.compatibility_message = result.message
 
@@ -527,3 +528,13 @@ class Agent:
 
     def snapshot(self) -> Iterator[AdapterRecord]:
         return iter(sorted(self.records.values(), key=lambda r: r.name))
+
+
+def _manifest_base_model(folder: pathlib.Path) -> str | None:
+    """The base model the loraops manifest says the adapter was trained on (the digest already covered it)."""
+    try:
+        manifest = read_manifest(folder) or {}
+    except TrainerError:
+        return None
+    name = (manifest.get("baseModel") or {}).get("name")
+    return str(name) if name else None
