@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import pathlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -108,9 +109,16 @@ class Cluster:
         self.replicas.remove(name)
 
     def loaded(self, pod: str) -> set[str]:
+        """The names the pod's vLLM serves (one per release: `<adapter>-<first 12 hex of its digest>`)."""
         fake = self.replicas.replicas[pod].vllm
         assert fake is not None
         return set(fake.adapters)
+
+    def releases(self, pod: str) -> set[str]:
+        """The adapters the pod's vLLM serves, read back from their served names (which must carry a digest)."""
+        names = self.loaded(pod)
+        assert all(re.fullmatch(r".+-[0-9a-f]{12}", n) for n in names), f"served names without a digest: {names}"
+        return {n[:-13] for n in names}
 
 
 @pytest.fixture

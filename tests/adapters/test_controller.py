@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from loraops.adapters.placement import served_name
 from loraops.devmode.apiserver import FakeKubeApi
 from tests.conftest import NAMESPACE
 from tests.support import wait_for
@@ -54,11 +55,17 @@ def test_apply_is_ready_on_three_replicas_with_placements(
     pods = sorted(cluster.replicas.replicas)
     assert [p["pod"] for p in current["placements"]] == pods
     assert all(p["state"] == "Loaded" and p["digest"] == digest and p["loadedAt"] for p in current["placements"])
-    assert current["servedName"] == name and current["artifact"]["digest"] == digest
+    assert current["servedName"] == served_name(name, digest) == f"{name}-{digest[:12]}"
+    assert current["artifact"]["digest"] == digest
     assert current["artifact"]["files"] == 3 and current["artifact"]["sizeBytes"] > 2048
-    assert all(cluster.loaded(pod) == {name} for pod in pods)
-    for type_ in ("Verified", "Compatible", "Loaded", "Ready"):
+    assert all(cluster.loaded(pod) == {served_name(name, digest)} for pod in pods)
+    for type_ in ("Verified", "Loaded", "Effective", "Ready"):
         assert condition(fake_api, name, type_)["status"] == "True", type_
+    # The fake vLLM's base model has no files the agents could read: the modules were not checked, which is
+    # shown but does not block Ready (the effect probe proved the adapter changes the answers).
+    compatible = condition(fake_api, name, "Compatible")
+    assert (compatible["status"], compatible["reason"]) == ("Unknown", "UnknownArchitecture"), compatible
+    assert all(p["effective"] is True and p["probeLatencySeconds"] >= 0 for p in current["placements"])
     assert current["release"]["version"] == "1.0.0"
     deployment = cluster.deployment()
     vllm = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -94,7 +101,7 @@ def test_no_op_reconciles_do_not_touch_the_deployment(
 def test_a_replaced_pod_gets_the_adapters_again(
     fake_api: FakeKubeApi, cluster: Cluster, applied: tuple[str, str], examples: dict[str, Any], tmp_path: pathlib.Path
 ) -> None:
-    name, _ = applied
+    name, first = applied
     folder, digest = make_adapter(tmp_path / "artifacts" / "support-v2", seed=7)
     fake_api.create("loraadapters", adapter_manifest(examples["LoraAdapter"], "support-v2", folder, digest), NAMESPACE)
     wait_for(lambda: ready(fake_api, name, "3/3") and ready(fake_api, "support-v2", "3/3"), timeout=30, message="both")
@@ -111,7 +118,7 @@ def test_a_replaced_pod_gets_the_adapters_again(
         )
 
     wait_for(moved, timeout=30, message="the replacement pod holds both adapters")
-    assert cluster.loaded(replacement) == {name, "support-v2"}
+    assert cluster.loaded(replacement) == {served_name(name, first), served_name("support-v2", digest)}
 
 
 def test_deletion_waits_while_routed_then_unloads_everywhere(
@@ -139,7 +146,7 @@ def test_deletion_waits_while_routed_then_unloads_everywhere(
     assert "support-bot" in blocked["message"] and status(fake_api, name)["phase"] == "Deleting"
     events = [e for e in fake_api.list("events", NAMESPACE) if e.get("reason") == "DeletionBlocked"]
     assert events and "support-bot" in events[0]["message"] and events[0]["type"] == "Warning"
-    assert all(name in cluster.loaded(pod) for pod in cluster.replicas.replicas), "still serving while routed"
+    assert all(cluster.releases(pod) == {name} for pod in cluster.replicas.replicas), "still serving while routed"
     fake_api.patch("adapterroutes", NAMESPACE, "support-bot", {"spec": {"adapter": None}})
     wait_for(lambda: fake_api.get("loraadapters", NAMESPACE, name) is None, timeout=20, message="adapter released")
     assert all(cluster.loaded(pod) == set() for pod in cluster.replicas.replicas), "unloaded from every pod"
@@ -196,4 +203,4 @@ def test_training_ref_adapter_waits_for_its_training_then_loads_its_output(
         raise AssertionError(f"{error}; adapter {status(fake_api, 'support-v2')}; training {trained}") from None
     assert (current["artifact"]["uri"], current["artifact"]["digest"]) == (f"file://{folder}", digest)
     assert current["release"]["trainedBy"] == "support-v2" and current["release"]["version"] == "2.0.0"
-    assert all(cluster.loaded(pod) == {"support-v2"} for pod in cluster.replicas.replicas)
+    assert all(cluster.loaded(pod) == {served_name("support-v2", digest)} for pod in cluster.replicas.replicas)

@@ -24,7 +24,7 @@ import aiohttp
 import kopf
 
 from loraops.agent.client import AgentClient, AgentError
-from loraops.agent.models import SignatureCheck
+from loraops.agent.models import ProbeSpec, SignatureCheck
 from loraops.api.adapter import LoraAdapterSpec, LoraAdapterStatus
 from loraops.api.common import API_VERSION
 from loraops.api.kinds import ADAPTER_ROUTE, LORA_ADAPTER, LORA_TRAINING
@@ -38,12 +38,12 @@ from loraops.kube.objects import Owner
 from . import evaluation as gate
 from .deployment import AGENT_CONTAINER, AGENT_LABEL, DeploymentPlan, plan_deployment
 from .fleet import Member, members, needs, wants
-from .placement import Assignment, Outcome, PodView, placements, plan_actions, plan_placement
+from .placement import Assignment, Outcome, PodView, placements, plan_actions, plan_placement, served_name
 from .preflight import Source, Verdict, preflight
 from .routes import routes_sending_to
 from .signature import agent_check, policy_refusal
 from .signature import config_map_name as signature_config_map
-from .status import Event, Observation, plan_deletion_status, plan_status
+from .status import Event, Observation, current_loads, plan_deletion_status, plan_status
 
 Obj = dict[str, Any]
 AGENT_URL_ANNOTATION = "loraops.io/agent-url"
@@ -108,6 +108,14 @@ def service_url(services: list[Obj], deployment: Obj, namespace: str, config: Op
         port = next((p for p in ports if p.get("name") == "http"), ports[0] if ports else {"port": 80})
         return f"http://{service['metadata']['name']}.{namespace}.svc:{port.get('port', 80)}"
     return None
+
+
+def agent_probe(spec: LoraAdapterSpec) -> ProbeSpec | None:
+    """The agents' effect probe from `spec.probe`; None (the agent's defaults) when unset, so the PUT body stays
+    acceptable to agents that predate the probe."""
+    if spec.probe is None:
+        return None
+    return ProbeSpec(prompts=spec.probe.prompts, max_tokens=spec.probe.max_tokens, enabled=spec.probe.enabled)
 
 
 def _now() -> datetime:
@@ -277,6 +285,7 @@ class AdapterController:
                     actions.put.append(pod.name)
         urls = {p.name: p.url for p in pods}
         source = me.source
+        probe = agent_probe(me.spec)
 
         async def put(pod: str) -> tuple[str, Outcome]:
             assert isinstance(source, Source) and urls[pod]
@@ -285,7 +294,10 @@ class AdapterController:
                     me.name,
                     source.uri,
                     source.digest,
+                    served_name=served_name(me.name, source.digest),
                     credentials_secret=source.credentials_secret,
+                    convert_pickle=me.spec.source.convert_pickle,
+                    probe=probe,
                     signature=signature,
                 )
             except AgentError as error:
@@ -318,6 +330,9 @@ class AdapterController:
         )
         if not isinstance(me.source, Source) or deployment is None or not loaded:
             return Verdict("Unknown", "WaitingForLoad", "the evaluation runs once the adapter is loaded"), current
+        if any(p.effective is False for p in current_loads(obs)):
+            # An adapter that answers like the base model cannot pass a gate worth running: save the Job.
+            return Verdict("Unknown", "WaitingForEffect", "not evaluated: see condition Effective (NoEffect)"), current
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         config_map = None
         if evaluation.golden.config_map_ref is not None:
@@ -325,7 +340,9 @@ class AdapterController:
         golden = gate.golden_from(evaluation, config_map)
         if isinstance(golden, str):
             return Verdict("False", "GoldenSetUnavailable", golden), current
-        served = next((p.served_name for p in obs.placements if p.served_name), None) or name
+        served = next((p.served_name for p in obs.placements if p.served_name), None) or served_name(
+            name, me.source.digest
+        )
         key = gate.gate_key(me.source.digest, golden, evaluation, spec.base_model, served)
         job_name = gate.job_name(name, key)
         if current is not None and current.job_name == job_name:
@@ -401,6 +418,15 @@ class AdapterController:
             raise kopf.TemporaryError(
                 "unload failed on " + "; ".join(failures), delay=max(self.config.retry_seconds, 1.0)
             )
+        # The slots are counted free only now that the agents dropped the adapter: adapters of the Deployment
+        # left short by capacity are placed at once rather than at the next resync.
+        others = [
+            a for a in await self.client.aitems(ADAPTERS, namespace)
+            if ((a.get("spec") or {}).get("serving") or {}).get("deployment") == target
+            and not a["metadata"].get("deletionTimestamp")
+            and a["metadata"]["name"] != name
+        ]  # fmt: skip
+        await asyncio.gather(*(self.reconcile(a, logger) for a in others))
 
     # ---- pods ----
 

@@ -8,7 +8,13 @@ computes the same answer for the others and only acts on its own share. Rules:
 - older adapters are placed first (creation time, then name), so a new adapter never pushes out one that
   already serves: when capacity runs out, the newest adapters are the ones left short;
 - a pod that already holds the adapter is kept (no churn on every reconcile), then the least-loaded pods,
-  then by name (deterministic).
+  then by name (deterministic);
+- a pod's slots are what its agent holds (loaded, loading or unloading, whoever wants it) plus what the plan adds:
+  an unload frees a slot only once the agent no longer lists the adapter, never because the plan moved it away
+  (vLLM may even keep the engine slot after an unload, vLLM issue 54839; see docs/adapters.md).
+
+Each release is served under its own name, `<adapter>-<first 12 hex of the digest>` (`served_name`), so two
+releases never share a name, a response names one digest, and vLLM's `load_inplace` is never needed.
 """
 
 from __future__ import annotations
@@ -41,11 +47,32 @@ TERMINAL_REASONS = frozenset(
         "IncompatibleModules",
         "SignatureInvalid",
         "SignatureMissing",
+        "UnknownArchitecture",
+        "InvalidAdapter",
+        "InvalidWeights",
+        "ConversionFailed",
     }
 )
 """Agent reasons that say the artifact (or the request for it) is unusable: retrying cannot help."""
-AGENT_COMPATIBILITY_REASONS = frozenset({"IncompatibleModules"})
-"""The agent read the adapter's tensors and found modules vLLM would load but not apply: not Compatible."""
+AGENT_COMPATIBILITY_REASONS = frozenset({"IncompatibleModules", "UnknownArchitecture"})
+"""The agent read the adapter's tensors and found modules vLLM would load but not apply, or (with
+`--unknown-architecture refuse`) could not check them: not Compatible."""
+SHORT_DIGEST = 12
+"""Hex digits of the digest in a served name: 48 bits, the same as the agent's replacement names."""
+NAME_LIMIT = 253
+"""The agent's (and vLLM's) name limit."""
+HOLDING_STATES = frozenset({"Loaded", "Loading", "Unloading"})
+"""Record states that occupy a slot of vLLM (a Failed record holds nothing)."""
+
+
+def served_name(name: str, digest: str) -> str:
+    """The name a release is served under: `<adapter>-<first 12 hex of its digest>`. Two releases of one adapter
+    (two LoraAdapters, or a trainingRef whose output changed) never share it, and every answer (`model` in the
+    response) names exactly one digest."""
+    suffix = f"-{digest.removeprefix('sha256:')[:SHORT_DIGEST]}"
+    return f"{name[: NAME_LIMIT - len(suffix)]}{suffix}"
+
+
 TRANSIENT_REASONS = frozenset({"VllmUnavailable", "StorageUnavailable", "AgentUnavailable"})
 """Reasons that mean "not yet": the agent keeps a verified adapter and loads it once vLLM answers."""
 INTEGRITY_REASONS = frozenset(
@@ -98,9 +125,17 @@ class Assignment:
     """Replicas not assigned because every other eligible pod is full."""
 
 
+def held(pod: PodView) -> frozenset[str]:
+    """Adapters that occupy a slot on the pod as its agent reports them (any adapter, wanted or not)."""
+    return frozenset(n for n, r in (pod.records or {}).items() if r.state in HOLDING_STATES)
+
+
 def plan_placement(adapters: list[AdapterWant], pods: list[PodView], capacity: int) -> dict[str, Assignment]:
     eligible = sorted((p for p in pods if p.eligible), key=lambda p: p.name)
-    load = {p.name: 0 for p in eligible}
+    holding = {p.name: held(p) for p in eligible}
+    # What the agent holds counts until it is gone: an adapter the plan moves away, an orphan, or one being
+    # deleted still takes its slot while its DELETE is pending (concurrent with the PUTs of this reconcile).
+    load = {p.name: len(holding[p.name]) for p in eligible}
     plan: dict[str, Assignment] = {}
     for adapter in sorted(adapters, key=lambda a: (a.created, a.name)):
         wanted = adapter.replicas if adapter.replicas is not None else len(eligible)
@@ -108,7 +143,7 @@ def plan_placement(adapters: list[AdapterWant], pods: list[PodView], capacity: i
             plan[adapter.name] = Assignment((), wanted)
             continue
         reachable = min(wanted, len(eligible))
-        free = [p for p in eligible if load[p.name] < max(capacity, 0)]
+        free = [p for p in eligible if adapter.name in holding[p.name] or load[p.name] < max(capacity, 0)]
 
         def preference(pod: PodView, name: str = adapter.name) -> tuple[int, int, str]:
             holds = pod.records is not None and name in pod.records
@@ -116,7 +151,8 @@ def plan_placement(adapters: list[AdapterWant], pods: list[PodView], capacity: i
 
         chosen = sorted(free, key=preference)[:reachable]
         for pod in chosen:
-            load[pod.name] += 1
+            if adapter.name not in holding[pod.name]:  # a held adapter's slot is already counted
+                load[pod.name] += 1
         plan[adapter.name] = Assignment(
             tuple(sorted(p.name for p in chosen)), wanted, short_by_capacity=reachable - len(chosen)
         )
@@ -174,6 +210,14 @@ class PlacementView:
     """Who signed, when the agent verified a signature before the load (issue 9)."""
     signature_digest: str | None = None
     signature_verified_at: datetime | None = None
+    effective: bool | None = None
+    """The agent's effect probe of this load: False answers exactly like the base model (NoEffect); None not
+    probed (probe disabled or failed, or an agent older than the probe)."""
+    probe_latency_seconds: float | None = None
+    probe_message: str | None = None
+    compatibility: str | None = None
+    """`Compatible` (the agent checked tensor names and target modules) or `UnknownArchitecture` (not checked)."""
+    compatibility_message: str | None = None
 
 
 def placements(
@@ -217,6 +261,11 @@ def placements(
                     record.signer,
                     record.signature_digest,
                     record.signature_verified_at,
+                    record.effective,
+                    record.probe_latency_seconds,
+                    record.probe_message,
+                    record.compatibility,
+                    record.compatibility_message,
                 )
             )
         elif pod is not None and pod.records is None:

@@ -1,8 +1,12 @@
 """LoraAdapter status (pure): conditions, phase and the summary columns from what one reconcile observed.
 
-Ready = Verified ∧ Compatible ∧ Loaded (∧ Evaluated when `spec.evaluation` is set). Each condition carries
-the precise reason of the first thing in its way; Events are emitted on transitions only, so a resync every
-few minutes does not repeat them.
+Ready = Verified ∧ Compatible ∧ Loaded ∧ Effective (∧ Evaluated when `spec.evaluation` is set). Each condition
+carries the precise reason of the first thing in its way; Events are emitted on transitions only, so a resync
+every few minutes does not repeat them.
+
+`Effective` and the agents' `Compatible` verdict may be Unknown (an agent older than the probe, a probe that
+failed or was disabled, an architecture the agent has no module table for): that is shown, but it does not
+block Ready — a True is something an agent proved, a False something it refuted, and an Unknown neither.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from .placement import AGENT_COMPATIBILITY_REASONS, INTEGRITY_REASONS, TERMINAL_
 from .preflight import Source, Verdict
 from .signature import signature_status
 
-CONDITIONS = ("Verified", "Compatible", "Loaded", "Evaluated")
+CONDITIONS = ("Verified", "Compatible", "Loaded", "Effective", "Evaluated")
+SOFT = {("Compatible", "UnknownArchitecture"), ("Effective", "NotProbed")}
+"""(condition, reason) pairs that are Unknown for good, not a wait: shown, but they do not block Ready."""
 TERMINAL_EVAL_REASONS = {"BelowMinDelta", "SliceRegression", "EvaluationFailed", "GoldenSetUnavailable"}
 
 
@@ -121,13 +127,74 @@ def _loaded(obs: Observation) -> tuple[Verdict, int, int]:
     return Verdict("False", "Loading", f"loaded on {loaded}/{wanted} replicas"), loaded, wanted
 
 
+def current_loads(obs: Observation) -> list[PlacementView]:
+    """Placements loaded with this release's digest on the pods it is assigned to."""
+    assignment = obs.assignment or Assignment((), 0)
+    digest = obs.source.digest if isinstance(obs.source, Source) else None
+    return [p for p in obs.placements if p.state == "Loaded" and p.pod in assignment.pods and p.digest == digest]
+
+
+def effective(obs: Observation) -> Verdict:
+    """Condition `Effective` from the agents' effect probes: one pod whose probe saw base-model answers is
+    enough to refuse (the same bytes answer the same everywhere; a replica that differs would be a bug)."""
+    loads = current_loads(obs)
+    if not loads:
+        return Verdict("Unknown", "WaitingForLoad", "the effect probe runs on each replica after the load")
+    no_effect = [p for p in loads if p.effective is False]
+    if no_effect:
+        first = no_effect[0]
+        message = first.probe_message or "every probe answer equalled the base model's"
+        return Verdict("False", "NoEffect", f"pod {first.pod}: {message}")
+    unprobed = [p for p in loads if p.effective is None]
+    if unprobed:
+        first = unprobed[0]
+        why = first.probe_message or "the agent reported no effect probe (an agent older than the probe?)"
+        shown = f"not shown to differ from the base model on {len(unprobed)}/{len(loads)} replica(s)"
+        return Verdict("Unknown", "NotProbed", f"{shown}; pod {first.pod}: {why}")
+    latencies = [p.probe_latency_seconds for p in loads if p.probe_latency_seconds is not None]
+    warm = f"; pre-warmed, first request {max(latencies):.3f}s at most" if latencies else ""
+    first_message = loads[0].probe_message
+    detail = f" ({first_message})" if first_message else ""
+    return Verdict(
+        "True", "Effective", f"answers differ from the base model on {len(loads)}/{len(loads)} replica(s){detail}{warm}"
+    )
+
+
+def agent_compatibility(obs: Observation, preflight: Verdict) -> Verdict:
+    """Condition `Compatible`: the preflight (spec against the Deployment), refined by what the agents found
+    in the files — a refusal (`IncompatibleModules` listing the tensors, or `UnknownArchitecture` with
+    `--unknown-architecture refuse`), or a load the agent could not check (UnknownArchitecture: Unknown)."""
+    if preflight.status != "True":
+        return preflight
+    refused = (p for p in obs.placements if p.state == "Failed" and p.reason in AGENT_COMPATIBILITY_REASONS)
+    mismatch = next(refused, None)
+    if mismatch is not None:
+        # The agent read the tensors: what the spec claims is not what the files hold.
+        message = f"pod {mismatch.pod}: {mismatch.message or ''}".strip()
+        return Verdict("False", mismatch.reason or "IncompatibleModules", message)
+    loads = current_loads(obs)
+    unchecked = next((p for p in loads if p.compatibility == "UnknownArchitecture"), None)
+    if unchecked is not None:
+        why = unchecked.compatibility_message or "the agent has no module table for the base model's architecture"
+        return Verdict(
+            "Unknown",
+            "UnknownArchitecture",
+            f"{preflight.message}; target modules not checked on pod {unchecked.pod}: {why} "
+            "(the effect probe still catches an adapter that changes nothing)",
+        )
+    checked = next((p for p in loads if p.compatibility == "Compatible" and p.compatibility_message), None)
+    if checked is not None:
+        return Verdict("True", "Compatible", f"{preflight.message}; {checked.compatibility_message}")
+    return preflight
+
+
 def _phase(verdicts: dict[str, Verdict], ready: bool) -> str:
     if ready:
         return "Ready"
     verified, compatible = verdicts["Verified"], verdicts["Compatible"]
     if verified.reason in ("TrainingPending", "TrainingNotFound") or compatible.reason == "DeploymentNotFound":
         return "Pending"
-    if verified.status == "False" or compatible.status == "False":
+    if verified.status == "False" or compatible.status == "False" or verdicts["Effective"].status == "False":
         return "Failed"
     evaluated = verdicts.get("Evaluated")
     if evaluated is not None and evaluated.status == "False" and evaluated.reason in TERMINAL_EVAL_REASONS:
@@ -161,14 +228,12 @@ def plan_status(
             events.append(Event("Normal" if verdict.status == "True" else "Warning", verdict.reason, verdict.message))
 
     verdicts: dict[str, Verdict] = {"Verified": _verified(obs)}
-    verdicts["Compatible"] = obs.compatible or Verdict("Unknown", "SourcePending", "waiting for the source")
-    mismatch = next((p for p in obs.placements if p.reason in AGENT_COMPATIBILITY_REASONS), None)
-    if mismatch is not None and verdicts["Compatible"].status == "True":
-        # The agent read the tensors: what the spec claims is not what the files hold.
-        message = f"pod {mismatch.pod}: {mismatch.message or ''}".strip()
-        verdicts["Compatible"] = Verdict("False", mismatch.reason or "IncompatibleModules", message)
+    verdicts["Compatible"] = agent_compatibility(
+        obs, obs.compatible or Verdict("Unknown", "SourcePending", "waiting for the source")
+    )
     loaded, count, wanted = _loaded(obs)
     verdicts["Loaded"] = loaded
+    verdicts["Effective"] = effective(obs)
     if obs.evaluation is not None:
         verdicts["Evaluated"] = obs.evaluation
     elif find(conditions, "Evaluated") is not None:
@@ -176,10 +241,10 @@ def plan_status(
     for type_ in CONDITIONS:
         if type_ in verdicts:
             put(type_, verdicts[type_])
-    ready = all(v.status == "True" for v in verdicts.values())
+    ready = all(v.status == "True" or (k, v.reason) in SOFT for k, v in verdicts.items())
     # What stands in the way: a refusal before a wait (an unknown Verified must not hide an incompatibility).
     blocking = next((v for v in verdicts.values() if v.status == "False"), None) or next(
-        (v for v in verdicts.values() if v.status != "True"), None
+        (v for k, v in verdicts.items() if v.status != "True" and (k, v.reason) not in SOFT), None
     )
     served = next((p.served_name for p in obs.placements if p.state == "Loaded" and p.served_name), None)
     served = served or status.served_name
@@ -219,7 +284,15 @@ def plan_status(
             digest=p.digest,
             served_name=p.served_name,
             loaded_at=p.loaded_at,
-            message=(f"{p.reason}: {p.message}" if p.reason and p.state == "Failed" else p.message) or None,
+            message=(
+                f"{p.reason}: {p.message}"
+                if p.reason and p.state == "Failed"
+                # A probe that refuted or could not judge the load is worth reading on the pod's line.
+                else p.message or (p.probe_message if p.state == "Loaded" and p.effective is not True else None)
+            )
+            or None,
+            effective=p.effective,
+            probe_latency_seconds=p.probe_latency_seconds,
         )
         for p in obs.placements
     ]

@@ -78,6 +78,10 @@ class AdapterSource(ApiModel):
     signature: SignatureSpec | None = None
     """Verify the adapter's OpenSSF model signature (`model.sig` in the folder) before every load. Required
     in namespaces where the operator's `requireSignedAdapters` policy applies."""
+    convert_pickle: bool = False
+    """Opt in to converting pickle weights (`adapter_model.bin`/`.pt`) to safetensors before loading; the agents
+    do it in an isolated child process with torch's `weights_only` unpickler, after the digest check. Without it
+    any pickle file is refused (`UnsafeFormat`): such files can run code when loaded."""
 
 
 class AdapterLora(ApiModel):
@@ -143,6 +147,24 @@ class EvaluationSpec(ApiModel):
     """Completion length per golden row."""
 
 
+class ProbeSettings(ApiModel):
+    """The effect probe each agent runs after every load: the same prompts to the base model and to the adapter,
+    greedy with logprobs; identical answers mean the adapter changes nothing (`Effective=False NoEffect`)."""
+
+    prompts: (
+        Annotated[
+            list[Annotated[str, StringConstraints(min_length=1, max_length=2000)]], Field(min_length=1, max_length=8)
+        ]
+        | None
+    ) = None
+    """Completion prompts; default: a few fixed generic prompts. Give prompts of the adapter's own domain when
+    it is meant to change nothing on generic text."""
+    max_tokens: Annotated[int, Field(ge=1, le=64)] = 8
+    """Tokens generated per prompt."""
+    enabled: bool = True
+    """False skips the probe: `Effective` is then Unknown (shown, does not block Ready)."""
+
+
 class LoraAdapterSpec(ApiModel):
     """A release of an adapter for one base model."""
 
@@ -157,6 +179,9 @@ class LoraAdapterSpec(ApiModel):
     """Tenants allowed to be routed to it (default: every tenant)."""
     evaluation: EvaluationSpec | None = None
     """When set, the adapter is Ready only after it passes this evaluation."""
+    probe: ProbeSettings | None = None
+    """The effect probe after each load (default: on, with the agent's generic prompts). Applies to the next
+    load: a loaded release is not probed again when this changes."""
 
 
 AdapterPhase = Literal["Pending", "Verifying", "Loading", "Evaluating", "Ready", "Failed", "Deleting"]
@@ -208,6 +233,11 @@ class Placement(ApiModel):
     served_name: str | None = None
     loaded_at: datetime | None = None
     message: str | None = None
+    effective: bool | None = None
+    """The effect probe's verdict on this pod: false answers exactly like the base model (NoEffect); absent when
+    not probed."""
+    probe_latency_seconds: float | None = None
+    """The adapter's first (cold) request after the load: the probe that pre-warmed it."""
 
 
 class ReleaseSummary(ApiModel):
@@ -230,7 +260,7 @@ class LoraAdapterStatus(ApiModel):
     phase: AdapterPhase | None = None
     artifact: ResolvedArtifact | None = None
     served_name: str | None = None
-    """The name vLLM serves this release under."""
+    """The name vLLM serves this release under: `<adapter>-<first 12 hex of the digest>`, one name per digest."""
     evaluation: EvaluationResult | None = None
     placements: list[Placement] | None = None
     ready_replicas: str | None = None
