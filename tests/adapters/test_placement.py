@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
@@ -16,8 +17,9 @@ from loraops.adapters.placement import (
     placements,
     plan_actions,
     plan_placement,
+    served_name,
 )
-from loraops.agent.models import AdapterRecord
+from loraops.agent.models import NAME_PATTERN, AdapterRecord
 
 pytestmark = pytest.mark.adapters
 
@@ -145,3 +147,41 @@ def test_a_vllm_outage_is_loading_not_failed() -> None:
     outcomes = {"p0": Outcome(None, "VllmUnavailable", "vLLM did not answer")}
     (view,) = placements("a", DIGEST, Assignment(("p0",), 1), [pod("p0")], outcomes)
     assert view.state == "Loading" and view.reason == "VllmUnavailable"
+
+
+# ---- issue 10: one served name per release; a slot is free only once the agent dropped the adapter ----
+
+
+def test_each_release_has_its_own_served_name_carrying_its_digest() -> None:
+    assert served_name("support", DIGEST) == f"support-{DIGEST[:12]}"
+    assert served_name("support", f"sha256:{DIGEST}") == served_name("support", DIGEST)
+    assert served_name("support", DIGEST) != served_name("support", OTHER), "two releases never share a name"
+    long = served_name("a" * 253, DIGEST)
+    assert len(long) == 253 and long.endswith(f"-{DIGEST[:12]}") and re.fullmatch(NAME_PATTERN, long)
+
+
+def test_an_adapter_the_agent_still_holds_keeps_its_slot() -> None:
+    # "a" went from 2 replicas to 1: p1 still holds it until its DELETE is done, so "b" must not be PUT there
+    # in the same reconcile (vLLM would hold 2 adapters with room for 1).
+    pods = [pod("p0", record("a")), pod("p1", record("a"))]
+    plan = plan_placement([want("a", replicas=1), want("b", "2026-01-02T00:00:00Z", replicas=1)], pods, capacity=1)
+    assert plan["a"].pods == ("p0",) and plan["b"] == Assignment((), 1, short_by_capacity=1)
+    # once the agent no longer lists it, the slot is free
+    after = plan_placement(
+        [want("a", replicas=1), want("b", "2026-01-02T00:00:00Z", replicas=1)], [pods[0], pod("p1")], 1
+    )
+    assert after["b"].pods == ("p1",)
+
+
+def test_orphans_and_unloading_adapters_take_slots_failed_records_do_not() -> None:
+    pods = [pod("p0", record("orphan", "Unloading")), pod("p1", record("broken", "Failed"))]
+    plan = plan_placement([want("a", replicas=1)], pods, capacity=1)
+    assert plan["a"].pods == ("p1",)
+    full = plan_placement([want("a")], [pod("p0", record("orphan")), pod("p1", record("other"))], capacity=1)
+    assert full["a"] == Assignment((), 2, short_by_capacity=2)
+
+
+def test_a_held_adapter_keeps_its_place_even_on_a_full_pod() -> None:
+    pods = [pod("p0", record("a"), record("orphan"))]
+    assert plan_placement([want("a")], pods, capacity=2)["a"].pods == ("p0",)
+    assert plan_placement([want("a")], pods, capacity=1)["a"].pods == ("p0",), "already loaded: no churn"

@@ -151,3 +151,111 @@ def test_modules_the_agent_finds_unusable_make_it_incompatible(spec: LoraAdapter
     assert (compatible["status"], compatible["reason"]) == ("False", "IncompatibleModules")
     assert "lm_head" in compatible["message"] and cond(status, "Verified")["status"] == "Unknown"
     assert status["phase"] == "Failed"
+
+
+# ---- issue 10: Effective from the agents' effect probes, Compatible from their module check ----
+
+NO_EFFECT = "all 4 probe prompts answered exactly like base model tiny-llama (text and logprobs)"
+
+
+def probed(pod: str, effective: bool | None, **extra: Any) -> PlacementView:
+    return loaded(pod, effective=effective, **extra)
+
+
+def test_one_replica_answering_like_the_base_is_no_effect_and_not_ready(spec: LoraAdapterSpec) -> None:
+    views = [probed("p0", True), probed("p1", True), probed("p2", False, probe_message=NO_EFFECT)]
+    status, events = plan_status(None, 1, "support-v1", Observation(spec, SOURCE, COMPATIBLE, ALL3, views), NOW)
+    effective = cond(status, "Effective")
+    assert (effective["status"], effective["reason"]) == ("False", "NoEffect")
+    assert effective["message"] == f"pod p2: {NO_EFFECT}", "the agent's probeMessage, with the pod"
+    assert cond(status, "Loaded")["status"] == "True", "it is loaded: the probe refutes it, not the load"
+    assert (cond(status, "Ready")["status"], cond(status, "Ready")["reason"]) == ("False", "NoEffect")
+    assert status["phase"] == "Failed" and status["message"].startswith("NoEffect: pod p2")
+    assert status["placements"][2]["effective"] is False and status["placements"][2]["message"] == NO_EFFECT
+    assert ("Warning", "NoEffect") in [(e.type, e.reason) for e in events]
+
+
+def test_effective_everywhere_is_ready_and_records_the_probe_latency(spec: LoraAdapterSpec) -> None:
+    views = [
+        probed(p, True, probe_latency_seconds=0.25 + i, probe_message="4 of 4 differ") for i, p in enumerate(ALL3.pods)
+    ]
+    status, _ = plan_status(None, 1, "support-v1", Observation(spec, SOURCE, COMPATIBLE, ALL3, views), NOW)
+    effective = cond(status, "Effective")
+    assert (effective["status"], effective["reason"]) == ("True", "Effective")
+    assert "3/3" in effective["message"] and "2.250s" in effective["message"], "the slowest cold request"
+    assert status["phase"] == "Ready" and cond(status, "Ready")["status"] == "True"
+    assert [p["probeLatencySeconds"] for p in status["placements"]] == [0.25, 1.25, 2.25]
+    assert all(p["effective"] is True and "message" not in p for p in status["placements"])
+
+
+def test_no_probe_verdict_is_unknown_shown_but_does_not_block_ready(spec: LoraAdapterSpec) -> None:
+    failed = probed("p0", None, probe_message="probe failed: vLLM answered 500")
+    views = [failed, probed("p1", True), probed("p2", True)]
+    status, events = plan_status(None, 1, "a", Observation(spec, SOURCE, COMPATIBLE, ALL3, views), NOW)
+    effective = cond(status, "Effective")
+    assert (effective["status"], effective["reason"]) == ("Unknown", "NotProbed")
+    assert "1/3" in effective["message"] and "probe failed: vLLM answered 500" in effective["message"]
+    assert status["phase"] == "Ready" and cond(status, "Ready")["status"] == "True"
+    assert status["placements"][0]["message"] == "probe failed: vLLM answered 500"
+    assert all(e.type == "Normal" for e in events)
+    older = [loaded(p) for p in ALL3.pods]  # an agent older than the probe reports nothing
+    status, _ = plan_status(None, 1, "a", Observation(spec, SOURCE, COMPATIBLE, ALL3, older), NOW)
+    assert "older than the probe" in cond(status, "Effective")["message"]
+    assert cond(status, "Ready")["status"] == "True"
+
+
+def test_effective_waits_for_the_load_and_a_later_no_effect_loses_ready(spec: LoraAdapterSpec) -> None:
+    loading = [loaded(p, "Loading") for p in ALL3.pods]
+    first, _ = plan_status(None, 1, "a", Observation(spec, SOURCE, COMPATIBLE, ALL3, loading), NOW)
+    assert (cond(first, "Effective")["status"], cond(first, "Effective")["reason"]) == ("Unknown", "WaitingForLoad")
+    good, _ = plan_status(
+        first, 1, "a", Observation(spec, SOURCE, COMPATIBLE, ALL3, [probed(p, True) for p in ALL3.pods]), NOW
+    )
+    assert good["phase"] == "Ready"
+    # e.g. a reload after a vLLM restart probed again and found no effect
+    bad = [probed("p0", False, probe_message=NO_EFFECT), probed("p1", True), probed("p2", True)]
+    lost, events = plan_status(good, 1, "a", Observation(spec, SOURCE, COMPATIBLE, ALL3, bad), LATER)
+    assert lost["phase"] == "Failed" and cond(lost, "Ready")["reason"] == "NoEffect"
+    assert ("Warning", "NoEffect") in [(e.type, e.reason) for e in events]
+
+
+def test_agent_module_check_refines_compatible(spec: LoraAdapterSpec) -> None:
+    checked = [
+        probed(
+            p,
+            True,
+            compatibility="Compatible",
+            compatibility_message="8 tensors on 4 modules apply to LlamaForCausalLM",
+        )
+        for p in ALL3.pods
+    ]
+    status, _ = plan_status(None, 1, "a", Observation(spec, SOURCE, COMPATIBLE, ALL3, checked), NOW)
+    compatible = cond(status, "Compatible")
+    assert (compatible["status"], compatible["reason"]) == ("True", "Compatible")
+    assert compatible["message"] == "fits; 8 tensors on 4 modules apply to LlamaForCausalLM"
+
+    why = "no module table for architecture PhiForCausalLM"
+    unchecked = [probed(p, True, compatibility="UnknownArchitecture", compatibility_message=why) for p in ALL3.pods]
+    status, _ = plan_status(None, 1, "a", Observation(spec, SOURCE, COMPATIBLE, ALL3, unchecked), NOW)
+    compatible = cond(status, "Compatible")
+    assert (compatible["status"], compatible["reason"]) == ("Unknown", "UnknownArchitecture") and why in compatible[
+        "message"
+    ]
+    assert status["phase"] == "Ready", "not checked is shown, not blocking: the probe proved the effect"
+
+    refused = loaded("p0", "Failed", reason="UnknownArchitecture", message="refused: --unknown-architecture refuse")
+    status, _ = plan_status(None, 1, "a", Observation(spec, SOURCE, COMPATIBLE, ALL3, [refused]), NOW)
+    compatible = cond(status, "Compatible")
+    assert (compatible["status"], compatible["reason"]) == ("False", "UnknownArchitecture")
+    assert status["phase"] == "Failed" and cond(status, "Verified")["status"] == "Unknown"
+
+    names = (
+        "base_model.model.transformer.h.0.attn.q_proj.lora_A.weight (prefix), "
+        "lm_head.lora_A.weight (not a module vLLM applies LoRA to)"
+    )
+    wrong = loaded("p1", "Failed", reason="IncompatibleModules", message=names)
+    status, _ = plan_status(None, 1, "a", Observation(spec, SOURCE, COMPATIBLE, ALL3, [wrong]), NOW)
+    assert cond(status, "Compatible")["message"] == f"pod p1: {names}", "every offending name the agent listed"
+    preflight = Verdict("False", "RankTooHigh", "rank 128")
+    status, _ = plan_status(None, 1, "a", Observation(spec, SOURCE, preflight, ALL3, unchecked), NOW)
+    assert cond(status, "Compatible")["reason"] == "RankTooHigh", "the preflight's refusal comes first"
