@@ -301,8 +301,11 @@ def real_vllm(work: pathlib.Path) -> dict[str, Any]:
                 (warm,) = _measure(api, [second], "1/1", timeout=120)
                 with urllib.request.urlopen(f"{replicas.replicas['vllm-0'].agent_url}/v1/adapters/support-real") as r:
                     record = json.load(r)  # the agent's own account of the load (its effect probe included)
-                answer = server.complete("support-real", "what is the capital of france?", max_tokens=4)
-                assert answer["model"] == "support-real"
+                # One served name per release: `<adapter>-<first 12 hex of the digest>` (docs/adapters.md).
+                served = record["servedName"]
+                assert served == f"support-real-{str(manifest['digest'])[:12]}", served
+                answer = server.complete(served, "what is the capital of france?", max_tokens=4)
+                assert answer["model"] == served
                 api.delete("loraadapters", NAMESPACE, "support-real")
                 api.delete("loraadapters", NAMESPACE, "support-real-2")
             finally:

@@ -144,8 +144,12 @@ def test_s3_adapter_is_ready_answers_by_name_and_passes_the_gate(
             status = wait_for(lambda: ready(fake_api), timeout=180, message="Ready (loaded, then evaluated)")
             assert status["readyReplicas"] == "1/1" and status["placements"][0]["state"] == "Loaded"
             assert status["artifact"]["digest"] == manifest["digest"] and status["artifact"]["uri"] == uri
-            answer = vllm_server.complete("support-tiny-v1", "what is the capital of france?", max_tokens=4)
-            assert answer["model"] == "support-tiny-v1" and answer["choices"][0]["text"]
+            served = f"support-tiny-v1-{str(manifest['digest'])[:12]}"  # one served name per release
+            assert status["servedName"] == served and status["placements"][0]["servedName"] == served
+            answer = vllm_server.complete(served, "what is the capital of france?", max_tokens=4)
+            assert answer["model"] == served and answer["choices"][0]["text"]
+            effective = next(c for c in status["conditions"] if c["type"] == "Effective")
+            assert effective["status"] == "True" and status["placements"][0]["probeLatencySeconds"] > 0
             evaluation = status["evaluation"]
             assert evaluation["samples"] == len(GOLDEN) and evaluation["passed"] is True
             assert evaluation["goldenDigest"] == hashlib.sha256(golden_text.encode()).hexdigest()
@@ -164,4 +168,4 @@ def test_s3_adapter_is_ready_answers_by_name_and_passes_the_gate(
             wait_for(
                 lambda: fake_api.get("loraadapters", NAMESPACE, "support-tiny-v1") is None, timeout=30, message="gone"
             )
-        assert "support-tiny-v1" not in vllm_server.models()
+        assert not [m for m in vllm_server.models() if m.startswith("support-tiny-v1")]
