@@ -166,6 +166,11 @@ def test_dashboard_shows_the_per_adapter_figures(exported: set[str]) -> None:
         "loraops_router_circuit_state",
     ):
         assert needle in joined, needle
+    # Residency per pod (issue 10): which adapter release each vLLM pod holds, by pod.
+    residency = [e for e in exprs if "loraops_agent_adapter_info" in e and "pod" in e and "served_name" in e]
+    assert residency, "a panel shows the adapters resident on each pod"
+    assert any("loraops_agent_probe_latency_seconds_bucket" in e for e in exprs)
+    assert any("loraops_agent_unloads_total" in e for e in exprs)
     per_adapter = [e for e in exprs if "loraops_router_" in e and "sum" in e]
     assert all("adapter" in e or "route" in e for e in per_adapter)
 
