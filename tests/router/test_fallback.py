@@ -184,6 +184,11 @@ def test_error_mode_returns_openai_errors_and_breaker_503() -> None:
                 status, headers, body = await post(s, router, chat("bot"))
                 assert status == 503 and is_openai_error(body) and body["error"]["code"] == "circuit_open"
                 assert up.count("base-model") == 0
+                # Counted like every request, under the adapter that failed, and never as a fallback.
+                counted = {"adapter": "support-v2", "code": "500"}
+                assert sample(router, "loraops_router_requests_total", counted) == 2
+                assert sample(router, "loraops_router_requests_total", {"adapter": "support-v2", "code": "503"}) == 1
+                assert sample(router, "loraops_router_fallbacks_total") == 0
 
         async with router_for(table(f"http://127.0.0.1:{free_port()}", mode="error")) as router:
             async with aiohttp.ClientSession() as s:
