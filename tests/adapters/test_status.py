@@ -259,3 +259,17 @@ def test_agent_module_check_refines_compatible(spec: LoraAdapterSpec) -> None:
     preflight = Verdict("False", "RankTooHigh", "rank 128")
     status, _ = plan_status(None, 1, "a", Observation(spec, SOURCE, preflight, ALL3, unchecked), NOW)
     assert cond(status, "Compatible")["reason"] == "RankTooHigh", "the preflight's refusal comes first"
+
+
+def test_manifest_base_model_must_be_the_spec_base_model(spec: LoraAdapterSpec) -> None:
+    same = [probed(p, True, manifest_base_model=spec.base_model) for p in ALL3.pods]
+    status, _ = plan_status(None, 1, "a", Observation(spec, SOURCE, COMPATIBLE, ALL3, same), NOW)
+    assert cond(status, "Compatible")["status"] == "True" and status["phase"] == "Ready"
+    other = [probed(p, True, manifest_base_model="mistralai/Mistral-7B-v0.3") for p in ALL3.pods]
+    status, _ = plan_status(None, 1, "a", Observation(spec, SOURCE, COMPATIBLE, ALL3, other), NOW)
+    compatible = cond(status, "Compatible")
+    assert (compatible["status"], compatible["reason"]) == ("False", "ManifestBaseModelMismatch")
+    assert "Mistral-7B-v0.3" in compatible["message"] and status["phase"] == "Failed"
+    plain = [probed(p, True, manifest_base_model=None) for p in ALL3.pods]
+    status, _ = plan_status(None, 1, "a", Observation(spec, SOURCE, COMPATIBLE, ALL3, plain), NOW)
+    assert status["phase"] == "Ready", "a plain PEFT folder has no manifest: nothing to compare"

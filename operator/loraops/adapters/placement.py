@@ -218,6 +218,8 @@ class PlacementView:
     compatibility: str | None = None
     """`Compatible` (the agent checked tensor names and target modules) or `UnknownArchitecture` (not checked)."""
     compatibility_message: str | None = None
+    manifest_base_model: str | None = None
+    """The base model the adapter's loraops manifest names (None: no manifest, e.g. a plain PEFT folder)."""
 
 
 def placements(
@@ -266,6 +268,7 @@ def placements(
                     record.probe_message,
                     record.compatibility,
                     record.compatibility_message,
+                    record.manifest_base_model,
                 )
             )
         elif pod is not None and pod.records is None:

@@ -173,6 +173,14 @@ def agent_compatibility(obs: Observation, preflight: Verdict) -> Verdict:
         message = f"pod {mismatch.pod}: {mismatch.message or ''}".strip()
         return Verdict("False", mismatch.reason or "IncompatibleModules", message)
     loads = current_loads(obs)
+    trained_for = next((p for p in loads if p.manifest_base_model not in (None, obs.spec.base_model)), None)
+    if trained_for is not None:
+        # The manifest is the trainer's record of the base it trained on: another base serves garbage.
+        message = (
+            f"the adapter's manifest says it was trained on {trained_for.manifest_base_model}, "
+            f"spec.baseModel is {obs.spec.base_model} (pod {trained_for.pod})"
+        )
+        return Verdict("False", "ManifestBaseModelMismatch", message)
     unchecked = next((p for p in loads if p.compatibility == "UnknownArchitecture"), None)
     if unchecked is not None:
         why = unchecked.compatibility_message or "the agent has no module table for the base model's architecture"
