@@ -99,3 +99,25 @@ def register_reconciler(
         logger.info("%s %s/%s released", kind.kind, body["metadata"].get("namespace"), body["metadata"]["name"])
 
     kopf.on.delete(*resource, registry=registry, id="finalize", backoff=config.retry_seconds)(on_delete)
+
+
+def register_timer(
+    registry: kopf.OperatorRegistry,
+    kind: Kind,
+    reconcile: Reconcile,
+    *,
+    handler_id: str,
+    interval: float,
+    backoff: float,
+    when: Callable[..., bool],
+) -> None:
+    """Reconcile on a timer while `when(status=...)` holds: for what sends no events (pod logs, metrics, time)."""
+
+    @instrumented(kind.kind)
+    async def tick(*, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+        await reconcile(body, logger)
+
+    kopf.timer(
+        kind.group, kind.version, kind.plural, registry=registry, id=handler_id, interval=interval, backoff=backoff,
+        when=when,
+    )(tick)  # fmt: skip

@@ -17,9 +17,7 @@ from loraops.api.route import AdapterRouteSpec, AdapterRouteStatus, AnalysisResu
 from loraops.config import OperatorConfig
 from loraops.kube.acceptance import parse_spec, plan_acceptance
 from loraops.kube.client import PODS, SERVICES, KubeClient
-from loraops.kube.conditions import is_true
-from loraops.kube.handlers import kind_resource, register_reconciler, write_status
-from loraops.kube.metrics import instrumented
+from loraops.kube.handlers import kind_resource, register_reconciler, register_timer, write_status
 
 from .analysis import Snapshot, figures, result, window
 from .providers import BuiltinProvider, MetricsProvider, PrometheusProvider, open_circuits
@@ -134,8 +132,8 @@ class RouteController:
         for adapter in await self.client.aitems(kind_resource(LORA_ADAPTER), namespace):
             name = adapter["metadata"]["name"]
             status = adapter.get("status") or {}
-            ready = status.get("phase") == "Ready" or is_true(
-                AdapterRouteStatus.model_validate({"conditions": status.get("conditions")}).conditions, "Ready"
+            ready = status.get("phase") == "Ready" or any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
             )
             placements = [p for p in status.get("placements") or [] if p.get("state") == "Loaded"]
             if placements and pods is None:
@@ -169,21 +167,16 @@ def _now() -> datetime:
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig, client: KubeClient) -> None:
     controller = RouteController(client, config)
     register_reconciler(registry, ADAPTER_ROUTE, controller.reconcile, config)
-    route = (ADAPTER_ROUTE.group, ADAPTER_ROUTE.version, ADAPTER_ROUTE.plural)
-
-    @instrumented(ADAPTER_ROUTE.kind)
-    async def tick(*, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
-        await controller.reconcile(body, logger)
-
     # Steps end by time and analysis reads metrics, which send no events: look often while rolling out.
-    kopf.timer(
-        *route,
-        registry=registry,
-        id="rollout-tick",
+    register_timer(
+        registry,
+        ADAPTER_ROUTE,
+        controller.reconcile,
+        handler_id="rollout-tick",
         interval=config.rollout_tick_seconds,
         backoff=config.retry_seconds,
         when=lambda status, **_: status.get("phase") in ACTIVE_PHASES or bool(status.get("canaryAdapter")),
-    )(tick)
+    )
 
     async def adapter_changed(*, namespace: str | None, name: str, logger: kopf.Logger, **_: Any) -> None:
         """A LoraAdapter changed: every route of its namespace that may send it traffic reconciles."""

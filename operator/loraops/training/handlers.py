@@ -18,8 +18,7 @@ from loraops.api.training import LoraTrainingSpec
 from loraops.config import OperatorConfig
 from loraops.kube.acceptance import parse_spec, plan_acceptance
 from loraops.kube.client import CONFIGMAPS, JOBS, PODS, SERVICES, ApiError, KubeClient, Resource
-from loraops.kube.handlers import kind_resource, register_reconciler, write_status
-from loraops.kube.metrics import instrumented
+from loraops.kube.handlers import kind_resource, register_reconciler, register_timer, write_status
 from loraops.kube.objects import Owner
 
 from .lineage import adapter_from_template
@@ -134,21 +133,16 @@ def _now() -> datetime:
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig, client: KubeClient) -> None:
     controller = TrainingController(client, config)
     register_reconciler(registry, LORA_TRAINING, controller.reconcile, config, finalize=controller.finalize)
-    training = (LORA_TRAINING.group, LORA_TRAINING.version, LORA_TRAINING.plural)
-
-    @instrumented(LORA_TRAINING.kind)
-    async def progress(*, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
-        await controller.reconcile(body, logger)
-
     # Progress comes from the pod log, which sends no events: look while (and only while) it runs.
-    kopf.timer(
-        *training,
-        registry=registry,
-        id="progress",
+    register_timer(
+        registry,
+        LORA_TRAINING,
+        controller.reconcile,
+        handler_id="progress",
         interval=config.progress_seconds,
         backoff=config.retry_seconds,
         when=lambda status, **_: status.get("phase") in ACTIVE_PHASES,
-    )(progress)
+    )
 
     async def follow_child(*, namespace: str | None, labels: kopf.Labels, logger: kopf.Logger, **_: Any) -> None:
         owner = labels.get(TRAINING_LABEL)
