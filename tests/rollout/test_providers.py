@@ -102,3 +102,14 @@ def test_builtin_provider_scrapes_each_replica_and_skips_an_unreachable_one() ->
     summed = window({}, {k: sum(r.get(k, 0.0) for r in replicas) for k in replicas[0]})
     assert figures(summed, "bot", "v2").requests == 14
     assert open_circuits(replicas, "bot") == frozenset()
+
+
+def test_pod_url_annotation_is_honoured_only_in_dev_mode() -> None:
+    from loraops.config import OperatorConfig
+    from loraops.routing.handlers import RouteController
+
+    pod = {"metadata": {"annotations": {"loraops.io/vllm-url": "http://evil:1"}}, "status": {"podIP": "10.0.0.7"}}
+    cluster = RouteController(client=None, config=OperatorConfig(vllm_port=8000))  # type: ignore[arg-type]
+    dev = RouteController(client=None, config=OperatorConfig(agent_url_annotation=True))  # type: ignore[arg-type]
+    assert cluster.pod_url(pod) == "http://10.0.0.7:8000", "whoever may annotate a pod must not redirect traffic"
+    assert dev.pod_url(pod) == "http://evil:1"

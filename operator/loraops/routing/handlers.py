@@ -26,7 +26,8 @@ from .rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION, AdapterView, Observed
 SERVICE_URL_ANNOTATION = "loraops.io/url"
 """Dev mode and tests only (OperatorConfig.agent_url_annotation): where a Service really answers."""
 ACTIVE_PHASES = ("Pending", "Progressing", "Paused", "Degraded")
-AGENT_URL_ANNOTATION = "loraops.io/vllm-url"
+VLLM_URL_ANNOTATION = "loraops.io/vllm-url"
+"""Dev mode and tests only (OperatorConfig.agent_url_annotation): where a pod's vLLM really answers."""
 
 
 def _summed(replicas: list[Snapshot]) -> Snapshot:
@@ -154,8 +155,8 @@ class RouteController:
         if pod is None:
             return None
         annotations = pod.get("metadata", {}).get("annotations") or {}
-        if AGENT_URL_ANNOTATION in annotations:
-            return str(annotations[AGENT_URL_ANNOTATION])
+        if self.config.agent_url_annotation and VLLM_URL_ANNOTATION in annotations:
+            return str(annotations[VLLM_URL_ANNOTATION])
         ip = (pod.get("status") or {}).get("podIP")
         return f"http://{ip}:{self.config.vllm_port}" if ip else None
 
