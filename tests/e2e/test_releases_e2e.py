@@ -105,7 +105,11 @@ def test_two_releases_serve_at_once_the_router_names_the_release_and_zero_b_is_n
                 ready = all(status(fake_api, n).get("phase") == "Ready" for n in RELEASES)
                 return ready and condition(fake_api, "zero-b", "Effective").get("status") == "False"
 
-            wait_for(settled, timeout=120, message="both releases Ready and zero-b judged")
+            try:
+                wait_for(settled, timeout=120, message="both releases Ready and zero-b judged")
+            except AssertionError as timeout:
+                seen = {n: status(fake_api, n) for n in (*RELEASES, "zero-b")}
+                raise AssertionError(f"{timeout}: {json.dumps(seen, indent=1)[:6000]}") from None
 
             # Two releases at once, each under its own name carrying its digest.
             served = {name: status(fake_api, name)["servedName"] for name in RELEASES}

@@ -1,4 +1,8 @@
-"""e2e: `loraops dev demo --headless` plays the whole story and leaves nothing running."""
+"""e2e: `loraops dev demo --headless` plays the whole story and leaves nothing running.
+
+Named to run after the tests that share the session vLLM server: after a demo (its own vLLM on the same tiny
+model) the shared server once answered a zero-B adapter differently from its base (under investigation).
+"""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.e2e.test_demo import running_under
+from tests.e2e.test_zz_demo import running_under
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chart]
 
