@@ -65,6 +65,14 @@ async def test_adapter_changing_text_or_only_logprobs_is_effective(start_agent, 
     assert f"{len(DEFAULT_PROMPTS)} of {len(DEFAULT_PROMPTS)} probe prompts answered differently" in str(
         record.probe_message
     )
+    # The message shows how: the first differing prompt, with both texts or the logprob gap.
+    first = repr(DEFAULT_PROMPTS[0])
+    if mode == "text":
+        base = f" answer to {DEFAULT_PROMPTS[0][:12]!r}"
+        tuned = f"{base} from tuned"
+        assert str(record.probe_message).endswith(f"(first, {first}: base {base!r}, adapter {tuned!r})")
+    else:
+        assert str(record.probe_message).endswith(f"(first, {first}: same text, logprobs differ by up to 0.25)")
     text = await scrape(running.url)
     assert sample(text, 'loraops_agent_probes_total{result="effective"}') == 1
     assert sample(text, 'loraops_agent_adapter_effective{name="tuned",served_name="tuned"}') == 1

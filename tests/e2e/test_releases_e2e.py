@@ -68,11 +68,6 @@ def condition(api: FakeKubeApi, name: str, type_: str) -> dict[str, Any]:
     return next((c for c in status(api, name).get("conditions", []) if c["type"] == type_), {})
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="in the full suite the shared vLLM sometimes answers the zero-B adapter differently from its base, "
-    "so the probe passes it (open: issue 10); alone it passes",
-)
 def test_two_releases_serve_at_once_the_router_names_the_release_and_zero_b_is_no_effect(
     vllm_server: Any, tiny_model: pathlib.Path, fake_api: FakeKubeApi, operator_config: OperatorConfig,
     tmp_path: pathlib.Path,
@@ -113,8 +108,15 @@ def test_two_releases_serve_at_once_the_router_names_the_release_and_zero_b_is_n
             try:
                 wait_for(settled, timeout=120, message="both releases Ready and zero-b judged")
             except AssertionError as timeout:
-                seen = {n: status(fake_api, n) for n in (*RELEASES, "zero-b")}
-                raise AssertionError(f"{timeout}: {json.dumps(seen, indent=1)[:6000]}") from None
+                seen: dict[str, Any] = {n: status(fake_api, n) for n in (*RELEASES, "zero-b")}
+                zero_name = seen["zero-b"].get("servedName")
+                seen["direct"] = {
+                    model: vllm_server.complete(model, PROMPT, max_tokens=8, logprobs=1, temperature=0.0)["choices"]
+                    for model in ("tiny-llama", zero_name)
+                    if model
+                }
+                seen["models"] = vllm_server.models()
+                raise AssertionError(f"{timeout}: {json.dumps(seen, indent=1)[:12000]}") from None
 
             # Two releases at once, each under its own name carrying its digest.
             served = {name: status(fake_api, name)["servedName"] for name in RELEASES}

@@ -38,6 +38,22 @@ class ProbeResult:
     prompts: int
 
 
+def logprob_gap(base: Completion, adapter: Completion) -> float | None:
+    """The largest |Δ logprob| over the tokens both answers carry; None without logprobs on both sides."""
+    if base.logprobs is None or adapter.logprobs is None:
+        return None
+    pairs = zip(base.logprobs, adapter.logprobs, strict=False)
+    return max((abs(a - b) for a, b in pairs if a is not None and b is not None), default=0.0)
+
+
+def describe_difference(prompt: str, base: Completion, adapter: Completion) -> str:
+    """One differing prompt, said so that an operator can see how the adapter changed the answer."""
+    if base.text != adapter.text:
+        return f"{prompt!r}: base {base.text!r}, adapter {adapter.text!r}"
+    gap = logprob_gap(base, adapter)
+    return f"{prompt!r}: same text, " + ("different lengths" if gap is None else f"logprobs differ by up to {gap:.3g}")
+
+
 def same_answer(base: Completion, adapter: Completion, tolerance: float = LOGPROB_TOLERANCE) -> bool:
     """Equal text and, when both carry them, logprobs equal within `tolerance`."""
     if base.text != adapter.text:
@@ -63,6 +79,7 @@ async def run_probe(
     """Raises AgentFailure when vLLM does not answer a probe request (the caller records ProbeFailed)."""
     latency: float | None = None
     differing = 0
+    first_difference = ""
     for prompt in prompts:
         base = await api.complete(base_name, prompt, max_tokens)
         started = time.monotonic()
@@ -71,9 +88,13 @@ async def run_probe(
             latency = time.monotonic() - started
         if not same_answer(base, answer, tolerance):
             differing += 1
+            first_difference = first_difference or describe_difference(prompt, base, answer)
     count = len(prompts)
     if differing:
-        message = f"{differing} of {count} probe prompts answered differently from base model {base_name!r}"
+        message = (
+            f"{differing} of {count} probe prompts answered differently from base model {base_name!r} "
+            f"(first, {first_difference})"
+        )
     else:
         message = (
             f"all {count} probe prompts answered exactly like base model {base_name!r} (text and logprobs): "
