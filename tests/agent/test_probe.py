@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from loraops.agent.models import ProbeSpec
-from loraops.agent.probe import DEFAULT_PROMPTS, same_answer
+from loraops.agent.probe import DEFAULT_PROMPTS, PROBE_ROUNDS, judge, same_answer
 from loraops.agent.vllmapi import Completion
 
 pytestmark = [pytest.mark.adapters]
@@ -85,10 +85,31 @@ async def test_probe_prompts_and_tokens_come_from_the_put(start_agent, fake_vllm
     spec = ProbeSpec(prompts=["Ticket #1: printer on fire"], max_tokens=3)
     record = await running.client.put("support", uri(folder), digest, probe=spec)
     assert record.effective is True
+    # Base, adapter, and base again: the difference holds only if the base's own answer held still.
     assert [(c["model"], c["prompt"], c["max_tokens"]) for c in fake_vllm.completions] == [
         ("base", "Ticket #1: printer on fire", 3),
         ("support", "Ticket #1: printer on fire", 3),
+        ("base", "Ticket #1: printer on fire", 3),
     ]
+
+
+@pytest.mark.asyncio
+async def test_a_base_that_does_not_hold_still_makes_the_probe_inconclusive(start_agent, fake_vllm, adapter) -> None:
+    """A zero-B adapter on a server whose base answers move between identical requests (what vLLM's CPU LoRA
+    ops did to base rows in mixed batches): neither Effective nor NoEffect, but said so, after PROBE_ROUNDS."""
+    folder, digest = adapter
+    fake_vllm.answers["zero-b"] = "base"
+    fake_vllm.unstable_base = True
+    running = await start_agent()
+    record = await running.client.put("zero-b", uri(folder), digest, probe=ProbeSpec(prompts=["a", "b"]))
+    assert (record.state, record.effective) == ("Loaded", None)
+    message = str(record.probe_message)
+    assert message.startswith("inconclusive: base model 'base' answered 2 of 2 probe prompts differently")
+    assert f"{PROBE_ROUNDS} times (first, 'a': base " in message
+    assert len(fake_vllm.completions) == PROBE_ROUNDS * 2 * 3  # rounds × prompts × (base, adapter, base again)
+    text = await scrape(running.url)
+    assert sample(text, 'loraops_agent_probes_total{result="inconclusive"}') == 1
+    assert sample(text, 'loraops_agent_failures_total{reason="ProbeInconclusive"}') == 1
 
 
 @pytest.mark.asyncio
@@ -147,3 +168,24 @@ def test_same_answer_rules() -> None:
     assert not same_answer(base, Completion(" Lyon.", [-0.5, -1.0]))
     assert not same_answer(base, Completion(" Paris.", [-0.5]))
     assert same_answer(base, Completion(" Paris.", None))  # no logprobs from one side: the text decides
+
+
+@pytest.mark.parametrize(
+    ("adapter", "again", "verdict"),
+    [
+        (Completion(" Paris.", [-0.5, -1.0]), Completion(" Paris.", [-0.5, -1.0]), "same"),
+        # The base held still: another text, or a logprob move above the tolerance, is an effect.
+        (Completion(" Lyon.", [-0.5, -1.0]), Completion(" Paris.", [-0.5, -1.0]), "differs"),
+        (Completion(" Paris.", [-0.5, -1.2]), Completion(" Paris.", [-0.5, -1.0]), "differs"),
+        # The base moved a little: the adapter must move more than NOISE_FACTOR times as much.
+        (Completion(" Paris.", [-0.5, -1.2]), Completion(" Paris.", [-0.5, -1.01]), "differs"),
+        (Completion(" Paris.", [-0.5, -1.05]), Completion(" Paris.", [-0.5, -1.01]), "unstable"),
+        # The base changed its own text: nothing can be concluded from this prompt.
+        (Completion(" Lyon.", [-0.5, -1.0]), Completion(" Nice.", [-0.5, -1.0]), "unstable"),
+        (Completion(" Nice.", [-0.5, -1.0]), Completion(" Nice.", [-0.5, -1.0]), "unstable"),
+    ],
+)
+def test_judge_counts_a_difference_only_against_a_base_that_held_still(
+    adapter: Completion, again: Completion, verdict: str
+) -> None:
+    assert judge(Completion(" Paris.", [-0.5, -1.0]), adapter, again) == verdict

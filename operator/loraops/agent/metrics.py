@@ -75,7 +75,7 @@ class AgentMetrics:
         )
         self.probes = Counter(
             "loraops_agent_probes_total",
-            "Effect probes by result (effective, no_effect, failed, skipped).",
+            "Effect probes by result (effective, no_effect, inconclusive, failed, skipped).",
             ["result"],
             registry=r,
         )

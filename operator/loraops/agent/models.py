@@ -120,7 +120,8 @@ class AdapterRecord(AnswerModel):
     compatibility_message: str | None = None
     effective: bool | None = None
     """Set by the effect probe after each load: False when every probe answer (text and logprobs) equalled
-    the base model's (reason `NoEffect`, the adapter stays loaded); None when not probed or the probe failed."""
+    the base model's (reason `NoEffect`, the adapter stays loaded); None when not probed, the probe failed, or it was
+    inconclusive (the base model's own answers moved)."""
     probe_latency_seconds: float | None = None
     """The adapter's first probe request (cold), seconds."""
     probe_message: str | None = None

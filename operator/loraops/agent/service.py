@@ -368,6 +368,11 @@ class Agent:
         record.effective, record.probe_latency_seconds = result.effective, round(result.latency, 6)
         record.probe_message = result.message
         self.metrics.probe_seconds.observe(result.latency)
+        if result.effective is None:
+            self.metrics.probes.labels("inconclusive").inc()
+            self._fail(AgentFailure("ProbeInconclusive", result.message))
+            log.warning("probe of %s (%s) inconclusive: %s", record.name, record.served_name, result.message)
+            return
         self.metrics.probes.labels("effective" if result.effective else "no_effect").inc()
         if not result.effective:
             self._fail(AgentFailure("NoEffect", result.message))

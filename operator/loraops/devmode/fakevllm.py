@@ -54,6 +54,8 @@ class FakeVllm:
     fail_completions: int = 0
     """Answer this many next completions with 500."""
     healthy: bool = True
+    unstable_base: bool = False
+    """The base's text changes on every request (a server that is not batch-invariant under live traffic)."""
     _runner: web.AppRunner | None = None
 
     @property
@@ -104,6 +106,8 @@ class FakeVllm:
                 return web.json_response({"error": {"message": "injected"}}, status=500)
             mode = "base" if model == self.base_model else self.answers.get(model, "text")
             text = f" answer to {str(body.get('prompt', ''))[:12]!r}" + ("" if mode != "text" else f" from {model}")
+            if model == self.base_model and self.unstable_base:
+                text += f" #{len(self.completions)}"
             logprobs = [-0.25, -1.5, -0.125] if mode != "logprobs" else [-0.25, -1.25, -0.125]
             choice = {"index": 0, "text": text, "logprobs": {"token_logprobs": logprobs}}
             return web.json_response({"model": model, "choices": [choice]})
