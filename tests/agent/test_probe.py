@@ -105,7 +105,8 @@ async def test_a_base_that_does_not_hold_still_makes_the_probe_inconclusive(star
     assert (record.state, record.effective) == ("Loaded", None)
     message = str(record.probe_message)
     assert message.startswith("inconclusive: base model 'base' answered 2 of 2 probe prompts differently")
-    assert f"{PROBE_ROUNDS} times (first, 'a': base " in message
+    assert f"{PROBE_ROUNDS} times (first, 'a': base \" answer to 'a' #" in message
+    assert "\", base again \" answer to 'a' #" in message
     assert len(fake_vllm.completions) == PROBE_ROUNDS * 2 * 3  # rounds × prompts × (base, adapter, base again)
     text = await scrape(running.url)
     assert sample(text, 'loraops_agent_probes_total{result="inconclusive"}') == 1

@@ -55,10 +55,11 @@ def logprob_gap(base: Completion, adapter: Completion) -> float | None:
     return max((abs(a - b) for a, b in pairs if a is not None and b is not None), default=0.0)
 
 
-def describe_difference(prompt: str, base: Completion, adapter: Completion) -> str:
-    """One differing prompt, said so that an operator can see how the adapter changed the answer."""
+def describe_difference(prompt: str, base: Completion, adapter: Completion, second: str = "adapter") -> str:
+    """One differing prompt, said so that an operator can see how the answer changed (`second` names the
+    answer compared with the base's: the adapter's, or the base's own when asked again)."""
     if base.text != adapter.text:
-        return f"{prompt!r}: base {base.text!r}, adapter {adapter.text!r}"
+        return f"{prompt!r}: base {base.text!r}, {second} {adapter.text!r}"
     gap = logprob_gap(base, adapter)
     return f"{prompt!r}: same text, " + ("different lengths" if gap is None else f"logprobs differ by up to {gap:.3g}")
 
@@ -133,7 +134,7 @@ async def run_probe(
                 first_difference = first_difference or describe_difference(prompt, base, answer)
             elif verdict == "unstable":
                 unstable.append(prompt)
-                first_unstable = first_unstable or describe_difference(prompt, base, again)
+                first_unstable = first_unstable or describe_difference(prompt, base, again, "base again")
         if differing or not unstable:
             break
         pending = unstable
