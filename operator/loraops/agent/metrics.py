@@ -69,7 +69,7 @@ class AgentMetrics:
         self.adapter_effective = Gauge(
             "loraops_agent_adapter_effective",
             "Per loaded adapter: 1 when the effect probe saw it answer unlike the base model, 0 when it did not "
-            "(NoEffect); absent when not probed.",
+            "(NoEffect); absent when not probed or the probe was inconclusive.",
             ["name", "served_name"],
             registry=r,
         )

@@ -60,8 +60,8 @@ def describe_difference(prompt: str, base: Completion, adapter: Completion, seco
     answer compared with the base's: the adapter's, or the base's own when asked again)."""
     if base.text != adapter.text:
         return f"{prompt!r}: base {base.text!r}, {second} {adapter.text!r}"
-    gap = logprob_gap(base, adapter)
-    return f"{prompt!r}: same text, " + ("different lengths" if gap is None else f"logprobs differ by up to {gap:.3g}")
+    # Equal texts that differ always carry logprobs on both sides (same_answer), so the gap is a number.
+    return f"{prompt!r}: same text, logprobs differ by up to {logprob_gap(base, adapter) or 0.0:.3g}"
 
 
 def same_answer(base: Completion, adapter: Completion, tolerance: float = LOGPROB_TOLERANCE) -> bool:
