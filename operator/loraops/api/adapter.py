@@ -235,7 +235,7 @@ class Placement(ApiModel):
     message: str | None = None
     effective: bool | None = None
     """The effect probe's verdict on this pod: false answers exactly like the base model (NoEffect); absent when
-    not probed."""
+    not probed, or when the probe was inconclusive (the base model's own answers moved)."""
     probe_latency_seconds: float | None = None
     """The adapter's first (cold) request after the load: the probe that pre-warmed it."""
 
