@@ -29,9 +29,8 @@ from loraops.api.adapter import LoraAdapterSpec, LoraAdapterStatus
 from loraops.api.common import API_VERSION
 from loraops.api.kinds import ADAPTER_ROUTE, LORA_ADAPTER, LORA_TRAINING
 from loraops.config import OperatorConfig
-from loraops.kube.acceptance import parse_spec, plan_acceptance
 from loraops.kube.client import CONFIGMAPS, DEPLOYMENTS, JOBS, PODS, SERVICES, ApiError, KubeClient, Resource
-from loraops.kube.handlers import kind_resource, register_reconciler, write_status
+from loraops.kube.handlers import accepted_spec, kind_resource, register_reconciler, write_status
 from loraops.kube.metrics import instrumented
 from loraops.kube.objects import Owner
 
@@ -167,12 +166,8 @@ class AdapterController:
     async def _reconcile(self, body: Obj, logger: kopf.Logger) -> None:
         meta = body["metadata"]
         namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
-        spec, problem = parse_spec(LORA_ADAPTER, dict(body.get("spec") or {}))
-        if problem or not isinstance(spec, LoraAdapterSpec):
-            desired = plan_acceptance(
-                LORA_ADAPTER, dict(body.get("spec") or {}), generation, body.get("status"), _now()
-            )
-            await write_status(self.client, LORA_ADAPTER, body, desired)
+        spec = await accepted_spec(self.client, LORA_ADAPTER, body)
+        if not isinstance(spec, LoraAdapterSpec):
             return
         target = spec.serving.deployment
         deployment, adapters = await asyncio.gather(

@@ -24,7 +24,7 @@ from loraops.api.adapter import (
     ResolvedArtifact,
 )
 from loraops.api.common import Condition
-from loraops.kube.conditions import find, set_condition
+from loraops.kube.conditions import Event, find, is_transition, set_condition
 
 from .placement import AGENT_COMPATIBILITY_REASONS, INTEGRITY_REASONS, TERMINAL_REASONS, Assignment, PlacementView
 from .preflight import Source, Verdict
@@ -34,13 +34,6 @@ CONDITIONS = ("Verified", "Compatible", "Loaded", "Effective", "Evaluated")
 SOFT = {("Compatible", "UnknownArchitecture"), ("Effective", "NotProbed")}
 """(condition, reason) pairs that are Unknown for good, not a wait: shown, but they do not block Ready."""
 TERMINAL_EVAL_REASONS = {"BelowMinDelta", "SliceRegression", "EvaluationFailed", "GoldenSetUnavailable"}
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 @dataclass
@@ -226,7 +219,7 @@ def plan_status(
         nonlocal conditions
         before = find(conditions, type_)
         conditions = set_condition(conditions, type_, verdict.status, verdict.reason, verdict.message, generation, now)
-        changed = before is None or before.status != verdict.status or before.reason != verdict.reason
+        changed = is_transition(before, verdict.status, verdict.reason)
         # Ready repeats another condition's reason: it is worth an Event only when it is won or lost.
         lost = before is not None and before.status == "True" and verdict.status != "True"
         # Others: a Warning when they turn False; their success is summed up by Ready's one Normal Event (50

@@ -139,4 +139,3 @@ class SignatureStatus(ApiModel):
     """The signed statement's subject digest (sha256 over the signed files' digests)."""
     verified_at: datetime | None = None
     """When an agent last verified it."""
-

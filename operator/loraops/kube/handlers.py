@@ -14,11 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from pydantic import BaseModel
 
 from loraops.api.kinds import Kind
 from loraops.config import OperatorConfig
 
-from .acceptance import plan_acceptance
+from .acceptance import parse_spec, plan_acceptance
 from .client import KubeClient, Resource
 from .metrics import forget, instrumented, record_status
 
@@ -49,18 +50,16 @@ async def write_status(
     return changes
 
 
-def acceptance_reconciler(kind: Kind, client: KubeClient) -> Reconcile:
-    """The reconcile of a kind whose controller only reports acceptance so far."""
-
-    async def reconcile(body: kopf.Body, logger: kopf.Logger) -> None:
-        meta = body["metadata"]
-        desired = plan_acceptance(
-            kind, dict(body.get("spec") or {}), meta.get("generation"), body.get("status"), datetime.now(UTC)
-        )
-        if changes := await write_status(client, kind, body, desired):
-            logger.debug("status of %s changes: %s", kind.kind, sorted(changes))
-
-    return reconcile
+async def accepted_spec(client: KubeClient, kind: Kind, body: kopf.Body | dict[str, Any]) -> BaseModel | None:
+    """The typed spec; or None, once status says why the stored spec cannot be used (`Accepted=False`)."""
+    raw = dict(body.get("spec") or {})
+    spec, problem = parse_spec(kind, raw)
+    if problem is None:
+        return spec
+    meta = body["metadata"]
+    desired = plan_acceptance(kind, raw, meta.get("generation"), body.get("status"), datetime.now(UTC))
+    await write_status(client, kind, body, desired)
+    return None
 
 
 def register_reconciler(

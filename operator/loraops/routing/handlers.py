@@ -15,9 +15,8 @@ import kopf
 from loraops.api.kinds import ADAPTER_ROUTE, LORA_ADAPTER
 from loraops.api.route import AdapterRouteSpec, AdapterRouteStatus, AnalysisResult
 from loraops.config import OperatorConfig
-from loraops.kube.acceptance import parse_spec, plan_acceptance
 from loraops.kube.client import PODS, SERVICES, KubeClient
-from loraops.kube.handlers import kind_resource, register_reconciler, register_timer, write_status
+from loraops.kube.handlers import accepted_spec, kind_resource, register_reconciler, register_timer, write_status
 
 from .analysis import Snapshot, figures, result, window
 from .providers import BuiltinProvider, MetricsProvider, PrometheusProvider, open_circuits
@@ -53,12 +52,8 @@ class RouteController:
         meta = body["metadata"]
         if meta.get("deletionTimestamp"):
             return
-        spec, problem = parse_spec(ADAPTER_ROUTE, dict(body.get("spec") or {}))
-        if problem or not isinstance(spec, AdapterRouteSpec):
-            desired = plan_acceptance(
-                ADAPTER_ROUTE, dict(body.get("spec") or {}), meta.get("generation"), body.get("status"), _now()
-            )
-            await write_status(self.client, ADAPTER_ROUTE, body, desired)
+        spec = await accepted_spec(self.client, ADAPTER_ROUTE, body)
+        if not isinstance(spec, AdapterRouteSpec):
             return
         status = AdapterRouteStatus.model_validate(body.get("status") or {})
         annotations = meta.get("annotations") or {}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
 
 from loraops.api.common import ConditionStatus, parse_duration
 from loraops.api.route import (
@@ -26,7 +25,7 @@ from loraops.api.route import (
     Step,
     TrafficEntry,
 )
-from loraops.kube.conditions import set_condition
+from loraops.kube.conditions import Event, set_condition
 
 PROMOTE_ANNOTATION = "loraops.io/promote"
 ABORT_ANNOTATION = "loraops.io/abort"
@@ -58,13 +57,6 @@ class ObservedRoute:
     abort: bool = False
     open_circuits: frozenset[str] = frozenset()
     """Adapters whose circuit breaker the router reports open."""
-
-
-@dataclass(frozen=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
 
 
 @dataclass

@@ -16,9 +16,8 @@ from loraops.api.common import API_VERSION
 from loraops.api.kinds import LORA_ADAPTER, LORA_TRAINING
 from loraops.api.training import LoraTrainingSpec
 from loraops.config import OperatorConfig
-from loraops.kube.acceptance import parse_spec, plan_acceptance
 from loraops.kube.client import CONFIGMAPS, JOBS, PODS, SERVICES, ApiError, KubeClient, Resource
-from loraops.kube.handlers import kind_resource, register_reconciler, register_timer, write_status
+from loraops.kube.handlers import accepted_spec, kind_resource, register_reconciler, register_timer, write_status
 from loraops.kube.objects import Owner
 
 from .lineage import adapter_from_template
@@ -40,12 +39,8 @@ class TrainingController:
         if meta.get("deletionTimestamp"):
             return
         namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
-        spec, problem = parse_spec(LORA_TRAINING, dict(body.get("spec") or {}))
-        if problem or not isinstance(spec, LoraTrainingSpec):
-            desired = plan_acceptance(
-                LORA_TRAINING, dict(body.get("spec") or {}), generation, body.get("status"), _now()
-            )
-            await write_status(self.client, LORA_TRAINING, body, desired)
+        spec = await accepted_spec(self.client, LORA_TRAINING, body)
+        if not isinstance(spec, LoraTrainingSpec):
             return
         owner = Owner(API_VERSION, LORA_TRAINING.kind, name, namespace, meta["uid"])
         names = names_for(name)

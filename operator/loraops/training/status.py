@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from loraops.api.common import Condition
+from loraops.api.common import Condition, ConditionStatus
 from loraops.api.training import LoraTrainingStatus, TrainingOutput, TrainingProgress
-from loraops.kube.conditions import find, set_condition
+from loraops.kube.conditions import Event, EventType, find, is_transition, set_condition
 
 from .planner import CONTAINER, EXIT_CONFIG, EXIT_INTEGRITY
 
@@ -29,13 +29,6 @@ class Observed:
     pods: list[Obj] = field(default_factory=list)
     log_tail: str = ""
     """The last lines of the rank-0 pod's stdout (the trainer's JSON progress lines)."""
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 def _time(value: str | None) -> datetime | None:
@@ -163,12 +156,13 @@ def plan_status(
     conditions: list[Condition] | None = status.conditions
     events: list[Event] = []
 
-    def condition(type_: str, value: str, reason: str, message: str, event_type: str | None = None) -> None:
+    def condition(
+        type_: str, value: ConditionStatus, reason: str, message: str, event_type: EventType | None = None
+    ) -> None:
         nonlocal conditions
         before = find(conditions, type_)
-        conditions = set_condition(conditions, type_, value, reason, message, generation, now)  # type: ignore[arg-type]
-        changed = before is None or before.status != value or before.reason != reason
-        if event_type and changed:
+        conditions = set_condition(conditions, type_, value, reason, message, generation, now)
+        if event_type and is_transition(before, value, reason):
             events.append(Event(event_type, reason, message))
 
     conditions = set_condition(conditions, "Accepted", "True", "SpecValid", "the spec is valid", generation, now)
