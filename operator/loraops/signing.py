@@ -20,7 +20,7 @@ from loraops.cli import Command
 def _sign(args: argparse.Namespace) -> int:
     from loraops_trainer.errors import TrainerError
     from loraops_trainer.manifest import hash_directory
-    from loraops_trainer.signing import sign_folder
+    from loraops_trainer.signing import sign_folder, signature_path
 
     folder = pathlib.Path(args.directory)
     if not folder.is_dir():
@@ -39,7 +39,7 @@ def _sign(args: argparse.Namespace) -> int:
         print(json.dumps({"event": "sign", "ok": False, "reason": error.reason, "message": error.message}))
         return 1
     digest, _ = hash_directory(folder)
-    written = signature or folder / "model.sig"
+    written = signature_path(folder, signature)
     # The digest is printed too: it is what `source.sha256` pins, unchanged by the signature.
     print(json.dumps({"event": "sign", "ok": True, "signature": str(written), "digest": digest, **facts.as_dict()}))
     return 0

@@ -321,7 +321,7 @@ def plan_status(
             "conditions": conditions,
         }
     )
-    return updated.model_dump(by_alias=True, exclude_none=True, mode="json"), events
+    return updated.wire(), events
 
 
 def plan_deletion_status(
@@ -342,4 +342,4 @@ def plan_deletion_status(
         event = Event("Normal", "Unloading", message)
     changed = before is None or before.status != ("True" if routes else "False") or before.message != message
     updated = status.model_copy(update={"phase": "Deleting", "message": message, "conditions": conditions})
-    return updated.model_dump(by_alias=True, exclude_none=True, mode="json"), [event] if changed else []
+    return updated.wire(), [event] if changed else []

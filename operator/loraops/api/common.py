@@ -135,15 +135,3 @@ Conditions = Annotated[
     Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}),
 ]
 """Conditions keyed by type, as Kubernetes API conventions ask."""
-
-
-class ObjectMeta(ApiModel):
-    """The part of Kubernetes `ObjectMeta` that loraops reads. Everything else is kept as is."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str | None = None
-    namespace: str | None = None
-    generation: int | None = None
-    labels: dict[str, str] | None = None
-    annotations: dict[str, str] | None = None

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .adapter import LoraAdapterSpec, LoraAdapterStatus
-from .common import API_VERSION, GROUP, VERSION
+from .common import API_VERSION, GROUP, VERSION, ApiModel
 from .route import AdapterRouteSpec, AdapterRouteStatus
 from .training import LoraTrainingSpec, LoraTrainingStatus
 
@@ -40,8 +40,8 @@ class Kind:
     kind: str
     plural: str
     short_name: str
-    spec: type[BaseModel]
-    status: type[BaseModel]
+    spec: type[ApiModel]
+    status: type[ApiModel]
     description: str
     columns: tuple[PrinterColumn, ...]
     failed_phase: str = "Failed"

@@ -18,9 +18,6 @@ from .common import ApiModel, ObjectName, Sha256
 KeyName = Annotated[str, StringConstraints(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)]
 """A key of a Secret or ConfigMap."""
 
-SIGNATURE_FILE = "model.sig"
-"""The signature's file name inside the adapter folder. The digest rule leaves it out, so signing a folder
-does not change the digest a LoraAdapter pins."""
 
 KEY_SOURCE_RULES: list[JsonValue] = [
     {"rule": "has(self.secretRef) != has(self.configMapRef)", "message": "exactly one of secretRef or configMapRef"}

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints
 
 from .common import (
+    MODEL_URI,
     ApiModel,
     ArtifactUri,
     Conditions,
@@ -33,7 +34,7 @@ class BaseModelSpec(ApiModel):
     name: Annotated[ModelName, StringConstraints(min_length=1)]
     """The base model's name, as vLLM serves it and as adapters record it, e.g.
     `meta-llama/Llama-3.1-8B-Instruct`."""
-    uri: Annotated[str, StringConstraints(pattern=r"^(s3|pvc|file|hf)://.+$", max_length=1024)] | None = None
+    uri: Annotated[str, StringConstraints(pattern=MODEL_URI, max_length=1024)] | None = None
     """Where the weights are read from (`pvc://claim/path`, `s3://…`, `file:///…`, or `hf://org/name`
     where the cluster reaches the hub). Default: the name is resolved by the trainer image's cache."""
     revision: Annotated[str, StringConstraints(max_length=128)] | None = None

@@ -10,8 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from loraops.api.common import ApiModel
 from loraops.api.kinds import Kind
 
 from .conditions import set_condition
@@ -25,7 +26,7 @@ def describe_validation_error(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_spec(kind: Kind, spec: dict[str, Any]) -> tuple[BaseModel | None, str | None]:
+def parse_spec(kind: Kind, spec: dict[str, Any]) -> tuple[ApiModel | None, str | None]:
     """The typed spec, or the reason it cannot be used."""
     try:
         return kind.spec.model_validate(spec), None
@@ -60,4 +61,4 @@ def plan_acceptance(
             "observed_generation": generation,
         }
     )
-    return updated.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return updated.wire()

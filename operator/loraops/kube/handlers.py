@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from pydantic import BaseModel
 
+from loraops.api.common import ApiModel
 from loraops.api.kinds import Kind
 from loraops.config import OperatorConfig
 
@@ -50,7 +50,7 @@ async def write_status(
     return changes
 
 
-async def accepted_spec(client: KubeClient, kind: Kind, body: kopf.Body | dict[str, Any]) -> BaseModel | None:
+async def accepted_spec(client: KubeClient, kind: Kind, body: kopf.Body | dict[str, Any]) -> ApiModel | None:
     """The typed spec; or None, once status says why the stored spec cannot be used (`Accepted=False`)."""
     raw = dict(body.get("spec") or {})
     spec, problem = parse_spec(kind, raw)

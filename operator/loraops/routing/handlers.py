@@ -69,9 +69,7 @@ class RouteController:
         plan = plan_route(spec, body.get("status"), observed, meta.get("generation"), _now())
         for event in plan.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-        await write_status(
-            self.client, ADAPTER_ROUTE, body, plan.status.model_dump(by_alias=True, exclude_none=True, mode="json")
-        )
+        await write_status(self.client, ADAPTER_ROUTE, body, plan.status.wire())
         if plan.consumed_annotations:
             patch = {"metadata": {"annotations": dict.fromkeys(plan.consumed_annotations)}}
             await self.client.apatch(kind_resource(ADAPTER_ROUTE), meta["namespace"], meta["name"], patch)

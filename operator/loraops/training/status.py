@@ -223,7 +223,7 @@ def plan_status(
             "conditions": conditions,
         }
     )
-    return updated.model_dump(by_alias=True, exclude_none=True, mode="json"), events
+    return updated.wire(), events
 
 
 def _active(observed: Observed, condition: Any) -> tuple[str, str]:
