@@ -30,7 +30,7 @@ class AnswerModel(WireModel):
 
 
 class ProbeSpec(WireModel):
-    """The effect probe of one PUT; omitted fields take the agent's defaults (loraops.agent.probe)."""
+    """The effect probe of one PUT; omitted prompts are the agent's generic ones (loraops.agent.probe)."""
 
     prompts: list[Annotated[str, Field(min_length=1, max_length=2000)]] | None = Field(
         default=None, min_length=1, max_length=8

@@ -25,7 +25,6 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
     "Once upon a time, there was",
     "Q: What is two plus two?\nA:",
 )
-DEFAULT_MAX_TOKENS = 8
 LOGPROB_TOLERANCE = 1e-4
 """Greedy float32 decoding of the same request repeats its logprobs to ~1e-6; a LoRA that applies moves them
 far more. The tolerance only absorbs rounding, it does not judge whether an effect is large enough."""
@@ -43,8 +42,6 @@ class ProbeResult:
     latency: float
     """Seconds of the adapter's first probe request (cold: what its first real request would have paid)."""
     message: str
-    differing: int
-    prompts: int
 
 
 def logprob_gap(base: Completion, adapter: Completion) -> float | None:
@@ -64,8 +61,8 @@ def describe_difference(prompt: str, base: Completion, adapter: Completion, seco
     return f"{prompt!r}: same text, logprobs differ by up to {logprob_gap(base, adapter) or 0.0:.3g}"
 
 
-def same_answer(base: Completion, adapter: Completion, tolerance: float = LOGPROB_TOLERANCE) -> bool:
-    """Equal text and, when both carry them, logprobs equal within `tolerance`."""
+def same_answer(base: Completion, adapter: Completion) -> bool:
+    """Equal text and, when both carry them, logprobs equal within LOGPROB_TOLERANCE."""
     if base.text != adapter.text:
         return False
     if base.logprobs is None or adapter.logprobs is None:
@@ -73,7 +70,7 @@ def same_answer(base: Completion, adapter: Completion, tolerance: float = LOGPRO
     if len(base.logprobs) != len(adapter.logprobs):
         return False
     return all(
-        (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= tolerance)
+        (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= LOGPROB_TOLERANCE)
         for a, b in zip(base.logprobs, adapter.logprobs, strict=True)
     )
 
@@ -81,43 +78,40 @@ def same_answer(base: Completion, adapter: Completion, tolerance: float = LOGPRO
 Judgement = Literal["same", "differs", "unstable"]
 
 
-def judge(
-    base: Completion, adapter: Completion, base_again: Completion, tolerance: float = LOGPROB_TOLERANCE
-) -> Judgement:
+def judge(base: Completion, adapter: Completion, base_again: Completion) -> Judgement:
     """One prompt: does the adapter's answer differ from the base's by more than the base differs from itself?
 
     `base_again` is the base model asked the same greedy request once more, after the adapter. A served model is
     not always batch-invariant (bf16 kernels on GPUs; vLLM's CPU LoRA ops gave base rows another adapter's LoRA,
     see loraops.devmode.vllm_plugin), so a difference only counts when the base's own answer held still: the
     same text, and logprobs that moved well under the adapter's move."""
-    if same_answer(base, adapter, tolerance):
+    if same_answer(base, adapter):
         return "same"
     if base.text != base_again.text:
         return "unstable"
     if adapter.text != base.text:
         return "differs"
     noise = logprob_gap(base, base_again) or 0.0
-    return "differs" if (logprob_gap(base, adapter) or 0.0) > max(tolerance, NOISE_FACTOR * noise) else "unstable"
+    moved = logprob_gap(base, adapter) or 0.0
+    return "differs" if moved > max(LOGPROB_TOLERANCE, NOISE_FACTOR * noise) else "unstable"
 
 
 async def run_probe(
     api: VllmApi,
     base_name: str,
     served_name: str,
-    prompts: Sequence[str] = DEFAULT_PROMPTS,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
-    tolerance: float = LOGPROB_TOLERANCE,
-    rounds: int = PROBE_ROUNDS,
+    prompts: Sequence[str],
+    max_tokens: int,
 ) -> ProbeResult:
     """Raises AgentFailure when vLLM does not answer a probe request (the caller records ProbeFailed).
 
     Per prompt: base, adapter and, only when they differ, base again (`judge`). Prompts whose base answer did
-    not hold still are asked again, up to `rounds` in all, while no prompt has shown a difference."""
+    not hold still are asked again, up to PROBE_ROUNDS in all, while no prompt has shown a difference."""
     latency: float | None = None
     differing = 0
     first_difference = first_unstable = ""
     pending = list(prompts)
-    for _ in range(rounds):
+    for _ in range(PROBE_ROUNDS):
         unstable: list[str] = []
         for prompt in pending:
             base = await api.complete(base_name, prompt, max_tokens)
@@ -125,10 +119,10 @@ async def run_probe(
             answer = await api.complete(served_name, prompt, max_tokens)
             if latency is None:
                 latency = time.monotonic() - started
-            if same_answer(base, answer, tolerance):
+            if same_answer(base, answer):
                 continue
             again = await api.complete(base_name, prompt, max_tokens)
-            verdict = judge(base, answer, again, tolerance)
+            verdict = judge(base, answer, again)
             if verdict == "differs":
                 differing += 1
                 first_difference = first_difference or describe_difference(prompt, base, answer)
@@ -150,9 +144,9 @@ async def run_probe(
         effective = None
         message = (
             f"inconclusive: base model {base_name!r} answered {len(unstable)} of {count} probe prompts differently "
-            f"to the same greedy request, {rounds} times (first, {first_unstable}); the server is not batch-invariant "
-            "enough to tell this adapter from the base (set spec.probe prompts with longer answers, or check the "
-            "serving build)"
+            f"to the same greedy request, {PROBE_ROUNDS} times (first, {first_unstable}); the server is not "
+            "batch-invariant enough to tell this adapter from the base (set spec.probe prompts with longer answers, "
+            "or check the serving build)"
         )
     else:
         effective = False
@@ -160,4 +154,4 @@ async def run_probe(
             f"all {count} probe prompts answered exactly like base model {base_name!r} (text and logprobs): "
             "the adapter has no effect (untrained all-zero lora_B, or weights on modules vLLM does not apply)"
         )
-    return ProbeResult(effective=effective, latency=latency or 0.0, message=message, differing=differing, prompts=count)
+    return ProbeResult(effective=effective, latency=latency or 0.0, message=message)
