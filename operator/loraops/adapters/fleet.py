@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from loraops.api.adapter import LoraAdapterSpec
 from loraops.config import OperatorConfig
 
-from .deployment import AGENT_CONTAINER, CREDENTIALS_DIR, DeploymentPlan, Needs, rank_limit
+from .deployment import AGENT_CONTAINER, CREDENTIALS_DIR, DeploymentPlan, Needs, rank_limit, vllm_container
 from .placement import AdapterWant
 from .preflight import Source, Verdict, preflight, resolve_source
 from .signature import secrets_for
@@ -54,10 +54,7 @@ def members(adapters: list[Obj], trainings: dict[str, Obj], deployment: str) -> 
 def mounted_credentials(deployment: Obj | None) -> frozenset[str]:
     """Credentials Secrets the agent sidecar already mounts: kept, so that needs only grow (no flapping
     between reconciles that see different adapters, no roll when an adapter goes)."""
-    containers = ((((deployment or {}).get("spec") or {}).get("template") or {}).get("spec") or {}).get(
-        "containers"
-    ) or []
-    agent = next((c for c in containers if c.get("name") == AGENT_CONTAINER), None)
+    agent = vllm_container(deployment or {}, AGENT_CONTAINER)
     prefix = f"{CREDENTIALS_DIR}/"
     return frozenset(
         m["mountPath"].removeprefix(prefix)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from loraops.agent.models import AdapterRecord
+from loraops.agent.models import SHORT_DIGEST, AdapterRecord
 
 TERMINAL_REASONS = frozenset(
     {
@@ -57,8 +57,6 @@ TERMINAL_REASONS = frozenset(
 AGENT_COMPATIBILITY_REASONS = frozenset({"IncompatibleModules", "UnknownArchitecture"})
 """The agent read the adapter's tensors and found modules vLLM would load but not apply, or (with
 `--unknown-architecture refuse`) could not check them: not Compatible."""
-SHORT_DIGEST = 12
-"""Hex digits of the digest in a served name: 48 bits, the same as the agent's replacement names."""
 NAME_LIMIT = 253
 """The agent's (and vLLM's) name limit."""
 HOLDING_STATES = frozenset({"Loaded", "Loading", "Unloading"})

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 
 from loraops.agent.errors import AgentFailure, ArtifactRejected
+from loraops.agent.safety import is_hidden
 
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
 """Extensions of formats that unpickle on load. `.bin` is ambiguous in general, but in a PEFT/HF folder it is
@@ -52,12 +53,22 @@ print(json.dumps({"tensors": len(state)}))
 """
 
 
+MAX_LISTED = 10
+"""Names shown in a refusal's message; the rest are counted."""
+
+
+def listed(names: list[str]) -> str:
+    """`names` for a message: the first MAX_LISTED, then how many more."""
+    shown = ", ".join(names[:MAX_LISTED])
+    return shown + (f" (and {len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else "")
+
+
 def pickle_files(root: pathlib.Path) -> list[str]:
     """Relative names of every non-hidden file in a pickle format, sorted."""
     found = []
     for path in root.rglob("*"):
         relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts):
+        if is_hidden(relative):
             continue
         if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
             found.append(relative.as_posix())
@@ -70,9 +81,8 @@ def check_formats(root: pathlib.Path, convert_pickle: bool) -> list[str]:
     if pickles and not convert_pickle:
         raise ArtifactRejected(
             "UnsafeFormat",
-            f"pickle files can run code when loaded and are refused: {', '.join(pickles[:10])}"
-            + (f" (and {len(pickles) - 10} more)" if len(pickles) > 10 else "")
-            + f"; publish {WEIGHTS_NAME} (PEFT's default) without pickle files, or opt in to convertPickle",
+            f"pickle files can run code when loaded and are refused: {listed(pickles)}; "
+            f"publish {WEIGHTS_NAME} (PEFT's default) without pickle files, or opt in to convertPickle",
         )
     return pickles
 

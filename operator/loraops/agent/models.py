@@ -29,6 +29,11 @@ class AnswerModel(WireModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
 
+SHORT_DIGEST = 12
+"""Hex digits of the digest in a served name (`<adapter>-<digest[:12]>`: 48 bits), the same for the operator's
+names and the agent's replacement names."""
+
+
 class ProbeSpec(WireModel):
     """The effect probe of one PUT; omitted prompts are the agent's generic ones (loraops.agent.probe)."""
 

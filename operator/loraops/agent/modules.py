@@ -21,11 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from loraops.agent.errors import ArtifactRejected
-from loraops.agent.formats import WEIGHTS_NAME
+from loraops.agent.formats import WEIGHTS_NAME, listed
 
 MAX_HEADER = 100 << 20
 """A header names every tensor with its shape; 100 MiB is far above any adapter's and bounds the read."""
-MAX_LISTED = 10
 
 _LLAMA_LIKE: Mapping[str, str] = {
     "q_proj": "self_attn",
@@ -144,11 +143,6 @@ class Compatibility:
     target_modules: tuple[str, ...]
 
 
-def _listed(names: list[str]) -> str:
-    shown = ", ".join(names[:MAX_LISTED])
-    return shown + (f" (and {len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else "")
-
-
 def _read_config(root: pathlib.Path) -> dict[str, object]:
     try:
         config = json.loads((root / "adapter_config.json").read_text(encoding="utf-8"))
@@ -246,7 +240,7 @@ def check_adapter(
     if problems:
         raise ArtifactRejected(
             "IncompatibleModules",
-            f"{len(problems)} tensor(s) would load but not apply to {base.architecture}: {_listed(problems)}",
+            f"{len(problems)} tensor(s) would load but not apply to {base.architecture}: {listed(problems)}",
         )
 
     supported = _supported(layout, base.layers or 1, embeddings)
@@ -263,12 +257,12 @@ def check_adapter(
     if targets and not applied:
         raise ArtifactRejected(
             "IncompatibleModules",
-            f"no target module is one vLLM applies LoRA to in {base.architecture}: {_listed(targets)} "
+            f"no target module is one vLLM applies LoRA to in {base.architecture}: {listed(targets)} "
             f"(applied: {', '.join(layout.modules)})",
         )
     message = f"{len(names)} tensors on {len(parts)} modules apply to {base.architecture}"
     ignored = [t for t in targets if t not in applied]
     if ignored:
         # PEFT itself skips a listed target the model lacks; the tensors (checked above) are what vLLM applies.
-        message += f"; target_modules not applied (no tensors expected for them): {_listed(ignored)}"
+        message += f"; target_modules not applied (no tensors expected for them): {listed(ignored)}"
     return Compatibility("Compatible", message, rank_value, shown_targets)

@@ -30,7 +30,7 @@ def safe_relative(name: str) -> pathlib.PurePosixPath:
     return pathlib.PurePosixPath(name)
 
 
-def is_hidden(relative: pathlib.PurePosixPath) -> bool:
+def is_hidden(relative: pathlib.PurePath) -> bool:
     """Hidden entries (checkpoints, staging) are not part of an adapter by the digest rule: they are skipped."""
     return any(part.startswith(".") for part in relative.parts)
 

@@ -23,7 +23,7 @@ from loraops.agent import modules, probe, stage
 from loraops.agent.config import AgentConfig
 from loraops.agent.errors import AgentFailure, ArtifactRejected, BadRequest, Conflict, VllmRejected, VllmUnavailable
 from loraops.agent.metrics import AgentMetrics
-from loraops.agent.models import NAME_PATTERN, AdapterRecord, ProbeSpec, PutAdapter, SignatureCheck
+from loraops.agent.models import NAME_PATTERN, SHORT_DIGEST, AdapterRecord, ProbeSpec, PutAdapter, SignatureCheck
 from loraops.agent.sources import scheme_of, source_for
 from loraops.agent.vllmapi import VllmApi
 from loraops_trainer.errors import TrainerError
@@ -31,7 +31,6 @@ from loraops_trainer.manifest import normalise_digest, read_manifest
 
 log = logging.getLogger("loraops.agent")
 NAME = re.compile(NAME_PATTERN)
-SHORT_DIGEST = 12
 
 
 def now() -> dt.datetime:
@@ -131,8 +130,7 @@ class Agent:
                 digest = normalise_digest(request.digest)
             except TrainerError as error:
                 raise BadRequest(error.reason, error.message) from None
-            scheme_of(request.uri)
-            source_for(request.uri, self.config)
+            source_for(request.uri, self.config)  # an unknown scheme or a source this agent lacks: 400
             if self.config.require_signed and request.signature is None:
                 raise ArtifactRejected(
                     "SignatureMissing",
@@ -197,15 +195,11 @@ class Agent:
             self._installed_digests[(name, digest)] = verified.installed_digest
         try:
             await self._load(record, trigger="replace" if replacing else "put")
-        except VllmUnavailable as error:
-            if replacing is None:
+        except AgentFailure as error:
+            if isinstance(error, VllmUnavailable) and replacing is None:
                 # Verified and in place: the watch loop loads it as soon as vLLM answers again.
                 record.message = f"waiting for vLLM: {error.message}"
                 raise
-            await asyncio.to_thread(stage.remove, final)
-            self._after_failure(name, replacing, record, error)
-            raise
-        except AgentFailure as error:
             await asyncio.to_thread(stage.remove, final)
             self._after_failure(name, replacing, record, error)
             raise
@@ -512,21 +506,18 @@ class Agent:
         final = self.config.adapters_dir / record.name / record.digest
         expected = self._installed_digests.get((record.name, record.digest), record.digest)
         try:
-            await asyncio.to_thread(stage.verify_installed, final, expected, self.config)
-        except AgentFailure as error:
-            self.metrics.verifications.labels("failed").inc()
-            record.state, record.reason, record.message, record.path = "Failed", error.reason, error.message, None
-            await asyncio.to_thread(stage.remove, final)
-            raise self._fail(error) from None
-        self.metrics.verifications.labels("ok").inc()
-        try:
+            try:
+                await asyncio.to_thread(stage.verify_installed, final, expected, self.config)
+            except AgentFailure:
+                self.metrics.verifications.labels("failed").inc()
+                raise
+            self.metrics.verifications.labels("ok").inc()
             await self._load(record, trigger=trigger)
         except VllmUnavailable as error:
             record.state, record.message = "Loading", f"waiting for vLLM: {error.message}"
             raise
         except AgentFailure as error:
-            record.state, record.reason, record.message = "Failed", error.reason, error.message
-            record.path = None
+            record.state, record.reason, record.message, record.path = "Failed", error.reason, error.message, None
             await asyncio.to_thread(stage.remove, final)
             raise self._fail(error) from None
         log.info("adapter %s reloaded as %s", record.name, record.served_name)
