@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import random
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import kopf
-
-from loraops.adapters import handlers as adapter_handlers
 from loraops.config import ANNOTATION_PREFIX, FINALIZER, OperatorConfig
-from loraops.kube.client import KubeClient
-from loraops.routing import handlers as route_handlers
-from loraops.training import handlers as training_handlers
 
-HANDLER_MODULES = {"training": training_handlers, "adapters": adapter_handlers, "routing": route_handlers}
+if TYPE_CHECKING:
+    import kopf
+
+CONTROLLERS = ("training", "adapters", "routing")
+"""The packages whose `handlers.register` a controller name stands for. kopf and the handlers are imported
+when the operator runs, not when `loraops` builds its parser: the agent sidecar, the router and the offline
+commands never load them."""
 
 
 def build_registry(config: OperatorConfig, *, login: bool = True) -> kopf.OperatorRegistry:
@@ -26,10 +27,14 @@ def build_registry(config: OperatorConfig, *, login: bool = True) -> kopf.Operat
 
     `login=False` leaves authentication to the caller (the dev-mode runner logs kopf in to its own API);
     the controllers' own client still goes to `config.server`, so tests never reach a real cluster."""
+    import kopf
+
+    from loraops.kube.client import KubeClient
+
     registry = kopf.OperatorRegistry()
     client = KubeClient(config.server, insecure=config.insecure)
     for name in config.controllers:
-        HANDLER_MODULES[name].register(registry, config, client)
+        importlib.import_module(f"loraops.{name}.handlers").register(registry, config, client)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -46,6 +51,8 @@ def build_registry(config: OperatorConfig, *, login: bool = True) -> kopf.Operat
 
 
 def apply_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    import kopf
+
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -64,6 +71,8 @@ def start_metrics_server(port: int) -> None:
 
 
 async def run_async(config: OperatorConfig, stop_flag: asyncio.Event | threading.Event | None = None) -> None:
+    import kopf
+
     registry = build_registry(config)
     liveness = f"http://0.0.0.0:{config.liveness_port}/healthz" if config.liveness_port else None
     await kopf.operator(
@@ -113,7 +122,7 @@ def operator_config(args: argparse.Namespace) -> OperatorConfig:
         insecure=args.insecure,
         standalone=not args.peering,
         priority=args.priority,
-        controllers=args.controller or list(HANDLER_MODULES),
+        controllers=args.controller or list(CONTROLLERS),
         router_metrics_urls=args.router_metrics_url or [],
         require_signed_adapters=args.require_signed_adapters or [],
         **({"trainer_image": args.trainer_image} if args.trainer_image else {}),
@@ -133,7 +142,7 @@ def add_operator_command(sub: Any) -> Any:
     parser.add_argument("--peering", action="store_true", help="run with kopf peering (HA with several replicas)")
     parser.add_argument("--priority", type=int, help="peering priority (default with --peering: a random one)")
     parser.add_argument(
-        "--controller", action="append", choices=sorted(HANDLER_MODULES), help="run only these controllers (repeatable)"
+        "--controller", action="append", choices=sorted(CONTROLLERS), help="run only these controllers (repeatable)"
     )
     parser.add_argument(
         "--router-metrics-url", action="append", help="a router replica's /metrics URL for canary analysis (repeatable)"

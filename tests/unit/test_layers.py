@@ -68,3 +68,17 @@ def test_operator_modules_import_without_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "", f"importing the operator pulled in: {result.stdout.strip()}"
+
+
+def test_the_cli_loads_no_operator_machinery_until_the_operator_runs() -> None:
+    """The agent sidecar and the router start through `loraops`: its parser must not pull in kopf or the
+    controllers (memory and start-up the sidecar would pay for nothing)."""
+    code = (
+        "import sys\n"
+        "from loraops.cli import build_parser\n"
+        "build_parser()\n"
+        "loaded = ('kopf', 'loraops.training.handlers', 'loraops.adapters.handlers', 'loraops.routing.handlers')\n"
+        "print(','.join(sorted(m for m in loaded if m in sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "", f"building the CLI loaded: {result.stdout.strip()}"
