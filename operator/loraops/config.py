@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 FINALIZER = "loraops.io/finalizer"
 ANNOTATION_PREFIX = "loraops.io"
+AGENT_URL_ANNOTATION = "loraops.io/agent-url"
+"""On a vLLM pod, in dev mode: where its agent listens (a local process instead of the pod IP)."""
+VLLM_URL_ANNOTATION = "loraops.io/vllm-url"
+"""On a vLLM pod, in dev mode: where its vLLM answers (the router's endpoints)."""
+SERVICE_URL_ANNOTATION = "loraops.io/url"
+"""On a Service, in dev mode: its URL (a local process instead of the cluster DNS name)."""
 
 
 class OperatorConfig(BaseModel):
@@ -75,3 +83,10 @@ class OperatorConfig(BaseModel):
     def requires_signature(self, namespace: str) -> bool:
         """Whether the `requireSignedAdapters` policy covers `namespace`."""
         return "*" in self.require_signed_adapters or namespace in self.require_signed_adapters
+
+    def dev_url(self, obj: dict[str, Any] | None, annotation: str) -> str | None:
+        """The URL `obj`'s `annotation` redirects to, only with `agent_url_annotation` (dev mode and tests)."""
+        if not self.agent_url_annotation:
+            return None
+        url = (((obj or {}).get("metadata") or {}).get("annotations") or {}).get(annotation)
+        return str(url) if url else None

@@ -28,7 +28,7 @@ from loraops.agent.models import ProbeSpec, SignatureCheck
 from loraops.api.adapter import LoraAdapterSpec, LoraAdapterStatus
 from loraops.api.common import API_VERSION
 from loraops.api.kinds import ADAPTER_ROUTE, LORA_ADAPTER, LORA_TRAINING
-from loraops.config import OperatorConfig
+from loraops.config import AGENT_URL_ANNOTATION, SERVICE_URL_ANNOTATION, OperatorConfig
 from loraops.kube.client import CONFIGMAPS, DEPLOYMENTS, JOBS, PODS, SERVICES, ApiError, KubeClient, Resource
 from loraops.kube.handlers import accepted_spec, kind_resource, register_reconciler, write_status
 from loraops.kube.metrics import instrumented
@@ -45,8 +45,6 @@ from .signature import config_map_name as signature_config_map
 from .status import Event, Observation, current_loads, plan_deletion_status, plan_status
 
 Obj = dict[str, Any]
-AGENT_URL_ANNOTATION = "loraops.io/agent-url"
-SERVICE_URL_ANNOTATION = "loraops.io/url"
 ADAPTERS = kind_resource(LORA_ADAPTER)
 TRAININGS = kind_resource(LORA_TRAINING)
 ROUTES = kind_resource(ADAPTER_ROUTE)
@@ -71,10 +69,8 @@ def has_agent(pod: Obj) -> bool:
 def agent_url(pod: Obj, config: OperatorConfig) -> str | None:
     """Where the pod's agent listens: its pod IP and the agent port. In dev mode and tests (and only when the
     config allows it) the pod's `loraops.io/agent-url` annotation points at a local agent instead."""
-    if config.agent_url_annotation:
-        url = ((pod.get("metadata") or {}).get("annotations") or {}).get(AGENT_URL_ANNOTATION)
-        if url:
-            return str(url).rstrip("/")
+    if url := config.dev_url(pod, AGENT_URL_ANNOTATION):
+        return url.rstrip("/")
     ip = (pod.get("status") or {}).get("podIP")
     return f"http://{ip}:{config.agent_port}" if ip else None
 
@@ -99,10 +95,8 @@ def service_url(services: list[Obj], deployment: Obj, namespace: str, config: Op
         chosen = spec.get("selector") or {}
         if not chosen or any(labels.get(k) != v for k, v in chosen.items()):
             continue
-        if config.agent_url_annotation:
-            url = (service["metadata"].get("annotations") or {}).get(SERVICE_URL_ANNOTATION)
-            if url:
-                return str(url)
+        if url := config.dev_url(service, SERVICE_URL_ANNOTATION):
+            return url
         ports = spec.get("ports") or []
         port = next((p for p in ports if p.get("name") == "http"), ports[0] if ports else {"port": 80})
         return f"http://{service['metadata']['name']}.{namespace}.svc:{port.get('port', 80)}"

@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from loraops.config import AGENT_URL_ANNOTATION
+
 T = TypeVar("T")
-AGENT_URL_ANNOTATION = "loraops.io/agent-url"
 
 
 def free_port() -> int:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from loraops.config import OperatorConfig
+from loraops.config import SERVICE_URL_ANNOTATION, VLLM_URL_ANNOTATION, OperatorConfig
 from loraops.devmode.apiserver import FakeKubeApi
 from loraops.devmode.chaos import ChaosProxy
 from loraops.devmode.fakevllm import LocalReplicas, pod_from_template
@@ -33,8 +33,6 @@ NAMESPACE = "team-a"
 DEPLOYMENT = "tiny-vllm"
 POD = "tiny-vllm-0"
 SERVED_BASE = "tiny-llama"
-VLLM_URL_ANNOTATION = "loraops.io/vllm-url"
-SERVICE_URL_ANNOTATION = "loraops.io/url"
 
 
 def repo_root() -> pathlib.Path:

@@ -14,7 +14,7 @@ import kopf
 
 from loraops.api.kinds import ADAPTER_ROUTE, LORA_ADAPTER
 from loraops.api.route import AdapterRouteSpec, AdapterRouteStatus, AnalysisResult
-from loraops.config import OperatorConfig
+from loraops.config import SERVICE_URL_ANNOTATION, VLLM_URL_ANNOTATION, OperatorConfig
 from loraops.kube.client import PODS, SERVICES, KubeClient
 from loraops.kube.handlers import accepted_spec, kind_resource, register_reconciler, register_timer, write_status
 
@@ -22,11 +22,7 @@ from .analysis import Snapshot, figures, result, window
 from .providers import BuiltinProvider, MetricsProvider, PrometheusProvider, open_circuits
 from .rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION, AdapterView, ObservedRoute, plan_route
 
-SERVICE_URL_ANNOTATION = "loraops.io/url"
-"""Dev mode and tests only (OperatorConfig.agent_url_annotation): where a Service really answers."""
 ACTIVE_PHASES = ("Pending", "Progressing", "Paused", "Degraded")
-VLLM_URL_ANNOTATION = "loraops.io/vllm-url"
-"""Dev mode and tests only (OperatorConfig.agent_url_annotation): where a pod's vLLM really answers."""
 
 
 def _summed(replicas: list[Snapshot]) -> Snapshot:
@@ -78,9 +74,8 @@ class RouteController:
         """The base Service's URL; in dev mode (only) a Service's `loraops.io/url` annotation overrides it."""
         if self.config.agent_url_annotation:
             service = await self.client.aget(SERVICES, namespace, spec.base.service)
-            url = ((service or {}).get("metadata", {}).get("annotations") or {}).get(SERVICE_URL_ANNOTATION)
-            if url:
-                return str(url)
+            if url := self.config.dev_url(service, SERVICE_URL_ANNOTATION):
+                return url
         return self.config.service_url_template.format(
             service=spec.base.service, namespace=namespace, port=spec.base.port
         )
@@ -147,9 +142,8 @@ class RouteController:
     def pod_url(self, pod: dict[str, Any] | None) -> str | None:
         if pod is None:
             return None
-        annotations = pod.get("metadata", {}).get("annotations") or {}
-        if self.config.agent_url_annotation and VLLM_URL_ANNOTATION in annotations:
-            return str(annotations[VLLM_URL_ANNOTATION])
+        if url := self.config.dev_url(pod, VLLM_URL_ANNOTATION):
+            return url
         ip = (pod.get("status") or {}).get("podIP")
         return f"http://{ip}:{self.config.vllm_port}" if ip else None
 
