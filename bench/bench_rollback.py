@@ -20,9 +20,10 @@ import requests
 from loraops.config import OperatorConfig
 from loraops.devmode.apiserver import FakeKubeApi
 from loraops.devmode.kopfrunner import OperatorThread
+from loraops.devmode.vllm import free_port
 from loraops.runtime import build_registry
 from tests.rollout.test_route_controller import Clients, UpstreamThread, route_manifest, seed_adapter, status
-from tests.router.fakes import Behaviour, free_port
+from tests.router.fakes import Behaviour
 from tests.support import wait_for
 
 REPO = pathlib.Path(__file__).resolve().parent.parent

@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from loraops.devmode.vllm import free_port
+
 PY = sys.executable
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -36,12 +38,6 @@ ROUNDS = 3
 SLICE_WARMUP_S = 0.5
 CONCURRENCY = (1, 16, 100)
 STREAM_CHUNKS = 16
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(port: int, timeout: float = 30.0) -> None:
@@ -254,7 +250,7 @@ def _compare(direct: dict[str, Any], routed: dict[str, Any]) -> dict[str, Any]:
 def _start_router(routes: dict[str, Any], workdir: pathlib.Path) -> tuple[subprocess.Popen[bytes], int]:
     path = workdir / "routes.yaml"
     path.write_text(yaml.safe_dump(routes))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             str(pathlib.Path(PY).parent / "loraops"),
@@ -284,7 +280,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _fake_upstream_run(workdir: pathlib.Path, delay_ms: float, configs: list[tuple[bool, int]]) -> dict[str, Any]:
-    up_port = _free_port()
+    up_port = free_port()
     upstream = subprocess.Popen([PY, __file__, "upstream", str(up_port), str(delay_ms)], cwd=ROOT)
     router: subprocess.Popen[bytes] | None = None
     try:

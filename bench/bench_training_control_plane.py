@@ -10,7 +10,6 @@ import copy
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +19,12 @@ from typing import Any
 import yaml
 
 from loraops.devmode.apiserver import FakeKubeApi
+from loraops.devmode.vllm import free_port
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 NAMESPACE = "bench"
 OBJECTS = int(os.environ.get("BENCH_TRAININGS", "1000"))
 IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -56,7 +50,7 @@ def run() -> dict[str, Any]:
     template["metadata"].pop("namespace", None)
     with FakeKubeApi(crd_dirs=[REPO / "crds"], history_limit=2, request_log_limit=1000) as api:
         api.ensure_namespace(NAMESPACE)
-        metrics = _free_port()
+        metrics = free_port()
         operator = subprocess.Popen(
             [sys.executable, "-m", "loraops.cli", "operator", "--server", api.url, "--insecure", "-n", NAMESPACE,
              "--liveness-port", "0", "--metrics-port", str(metrics)],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import yaml
 from loraops.api import KINDS
 from loraops.config import FINALIZER
 from loraops.devmode.apiserver import FakeKubeApi
+from loraops.devmode.vllm import free_port
 from tests.conftest import NAMESPACE, REPO
 from tests.support import Kubectl, wait_for
 
@@ -131,12 +131,6 @@ def test_delete_runs_the_finalizer_and_the_object_goes(fake_api: FakeKubeApi, ku
     assert FINALIZER in deleting[0]["metadata"]["finalizers"], "the finalizer held the object"
     assert FINALIZER not in (seen[-1][1]["metadata"].get("finalizers") or []), "the handler removed it"
     assert fake_api.get("loraadapters", NAMESPACE, "support-v1") is None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_loraops_operator_command_serves_liveness_and_metrics(fake_api: FakeKubeApi, kubectl: Kubectl) -> None:

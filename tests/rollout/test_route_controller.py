@@ -19,9 +19,10 @@ import requests
 from loraops.config import OperatorConfig
 from loraops.devmode.apiserver import FakeKubeApi
 from loraops.devmode.kopfrunner import OperatorThread
+from loraops.devmode.vllm import free_port
 from loraops.runtime import build_registry
 from tests.conftest import NAMESPACE
-from tests.router.fakes import Behaviour, FakeUpstream, free_port
+from tests.router.fakes import Behaviour, FakeUpstream
 from tests.support import wait_for
 
 pytestmark = pytest.mark.rollout

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -39,13 +38,6 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0, *, loop: str = "uvl
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(bounded())
     return asyncio.run(bounded())
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (for connection-refused faults)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

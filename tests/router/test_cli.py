@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.router.fakes import free_port, route, run, upstream
+from loraops.devmode.vllm import free_port
+from tests.router.fakes import route, run, upstream
 
 pytestmark = pytest.mark.router
 

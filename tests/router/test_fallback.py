@@ -9,10 +9,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from loraops.devmode.vllm import free_port
 from tests.router.fakes import (
     Behaviour,
     chat,
-    free_port,
     gather_limited,
     is_openai_error,
     post,

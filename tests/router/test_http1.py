@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from loraops.devmode.vllm import free_port
 from loraops.router.http1 import ConnectError, Pool, UpstreamError
-from tests.router.fakes import free_port, run
+from tests.router.fakes import run
 
 pytestmark = [pytest.mark.router, pytest.mark.parametrize("loop", ["uvloop", "asyncio"])]
 

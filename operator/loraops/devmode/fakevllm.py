@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-import socket
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -23,14 +22,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from loraops.config import AGENT_URL_ANNOTATION
+from loraops.devmode.vllm import free_port
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from loraops.devmode.chaos import ChaosProxy
 from loraops.devmode.fakevllm import LocalReplicas, pod_from_template
 from loraops.devmode.jobrunner import LocalJobRunner
 from loraops.devmode.kopfrunner import OperatorThread
-from loraops.devmode.vllm import VllmServer, start_vllm
+from loraops.devmode.vllm import VllmServer, free_port, start_vllm
 from loraops.runtime import build_registry
 
 log = logging.getLogger(__name__)
@@ -37,12 +36,6 @@ SERVED_BASE = "tiny-llama"
 
 def repo_root() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parents[3]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def tiny_model(cache: pathlib.Path) -> pathlib.Path:
@@ -140,7 +133,7 @@ def dev_world(state: pathlib.Path, *, api_port: int = 0, quiet: bool = True) -> 
             "spec": {"selector": {"app": DEPLOYMENT}, "ports": [{"name": "http", "port": 8000}]},
         }
         api.create("services", service, NAMESPACE)
-        router_port = _free_port()
+        router_port = free_port()
         router_log = (state / "router.log").open("w")
         stack.callback(router_log.close)
         router = subprocess.Popen(
