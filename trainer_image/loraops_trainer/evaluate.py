@@ -34,7 +34,6 @@ from .errors import ConfigError, IntegrityError, RuntimeFailure
 from .progress import Reporter
 
 MetricName = Literal["exact_match", "contains", "token_f1", "json_valid", "regex"]
-ALL_METRICS: tuple[str, ...] = ("exact_match", "contains", "token_f1", "json_valid", "regex")
 DEFAULT_METRICS: tuple[MetricName, ...] = ("exact_match", "contains", "token_f1")
 NEEDS_EXPECTED = frozenset({"exact_match", "contains", "token_f1"})
 REPORT_SCHEMA_VERSION = 1

@@ -3,9 +3,10 @@
 It plays the part of the Job controller and the kubelet, so that the real LoraTraining controller drives the
 real trainer on one machine (dev mode, e2e tests): it creates Pod objects, runs the container's command with
 its environment (Secrets resolved through `secretKeyRef`), maps volume mounts to local folders (ConfigMaps
-written out, PVC claims under `<workdir>/pvc/<claim>`, emptyDirs per pod) and `/dev/termination-log` to a
-file, streams stdout into the pod's log, and writes back pod status and the Job's conditions — honouring
-`suspend`, `backoffLimit`, `activeDeadlineSeconds`, `podFailurePolicy` exit codes and Indexed completions.
+written out, PVC claims under `<workdir>/pvc/<claim>`, emptyDirs per pod) and the termination log to a file
+(`LORAOPS_TERMINATION_LOG`), streams stdout into the pod's log, and writes back pod status and the Job's
+conditions — honouring `suspend`, `backoffLimit`, `activeDeadlineSeconds`, `podFailurePolicy` exit codes and
+Indexed completions.
 
 What it does not emulate: scheduling (nodes, GPUs), images (the command runs with this machine's Python),
 resource limits, and multi-node networking (each index runs here, so a multi-node rendezvous is local).
@@ -32,7 +33,6 @@ from loraops.devmode.apiserver import FakeKubeApi
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
-TERMINATION_LOG = "/dev/termination-log"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 

@@ -121,10 +121,6 @@ class OperatorThread:
             self.error = exc
             self._ready.set()  # wake start() so that it reports the failure instead of waiting it out
 
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def stop(self, timeout: float = 20.0) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -137,22 +133,3 @@ class OperatorThread:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def start(
-    url: str,
-    registry_or_modules: kopf.OperatorRegistry | Iterable[str],
-    *,
-    namespaces: Iterable[str] = (),
-    clusterwide: bool = False,
-    settings: Callable[[kopf.OperatorSettings], None] | None = None,
-) -> OperatorThread:
-    """Shortcut: `start(api.url, registry, namespaces=["ns"])`; call `.stop()` on the result."""
-    if isinstance(registry_or_modules, kopf.OperatorRegistry):
-        runner = OperatorThread(
-            url, registry=registry_or_modules, namespaces=namespaces, clusterwide=clusterwide, settings=settings
-        )
-    else:
-        runner = OperatorThread(
-            url, modules=registry_or_modules, namespaces=namespaces, clusterwide=clusterwide, settings=settings
-        )
-    return runner.start()

@@ -22,7 +22,6 @@ import socket
 import ssl
 import time
 import urllib.parse
-from typing import Any
 
 import httptools
 
@@ -318,6 +317,3 @@ class Pool:
         for conn in list(self._all):
             conn.close()
         self._idle.clear()
-
-    def stats(self) -> dict[str, Any]:
-        return {"open": len(self._all), "idle": len(self._idle)}

@@ -8,7 +8,6 @@ router behind a gateway that authenticates and sets it. The key file is a YAML/J
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pathlib
@@ -103,8 +102,3 @@ class TenantResolver:
         if len(value) > 63 or not _TENANT.match(value):
             raise TenantError(400, f"invalid {self.header} header: letters, digits, '.', '_', '-'; at most 63")
         return value
-
-
-def anonymised(key: str) -> str:
-    """A short, stable token for logs: user keys are personal data."""
-    return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()

@@ -23,7 +23,6 @@ class Upstreams:
         if pool is None:
             pool = Pool(url, connect_timeout_s=self._connect_timeout_s, keepalive_s=self._keepalive_s)
             self._pools[url] = pool
-            self._outstanding.setdefault(url, 0)
         return pool
 
     def pick(self, target: Target) -> str:
