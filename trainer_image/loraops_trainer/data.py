@@ -13,16 +13,17 @@ Formats (one JSON object per line; blank lines are skipped):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import pathlib
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError, IntegrityError
+from .manifest import file_sha256
 from .storage import fetch_file
 
 IGNORE_INDEX = -100
@@ -65,14 +66,6 @@ class TokenStats:
         return {"rows": self.rows, "kept": self.kept, "truncated": self.truncated, "dropped": dict(self.dropped)}
 
 
-def sha256_of(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_row(row: Any, fmt: str, where: str) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise ConfigError("DatasetInvalid", f"{where}: expected a JSON object, got {type(row).__name__}")
@@ -103,31 +96,34 @@ def _check_row(row: Any, fmt: str, where: str) -> dict[str, Any]:
     return row
 
 
+def iter_jsonl(path: pathlib.Path, name: str, reason: str) -> Iterator[tuple[str, Any]]:
+    """(`<name> line N`, value) for every non-blank line; a line that is not JSON raises ConfigError(`reason`)
+    with its number. File errors (OSError, UnicodeDecodeError) are the caller's to word."""
+    with path.open("r", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{name} line {number}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ConfigError(reason, f"{where}: not valid JSON ({error.msg})") from None
+
+
 def parse_jsonl(path: pathlib.Path, fmt: str, name: str) -> list[dict[str, Any]]:
     """Every non-blank line as a checked row; the first bad line stops the run with its number."""
-    rows = []
     try:
-        with path.open("r", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"{name} line {number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ConfigError("DatasetInvalid", f"{where}: not valid JSON ({error.msg})") from None
-                rows.append(_check_row(row, fmt, where))
+        return [_check_row(row, fmt, where) for where, row in iter_jsonl(path, name, "DatasetInvalid")]
     except UnicodeDecodeError as error:
         raise ConfigError("DatasetInvalid", f"{name}: not UTF-8 text ({error})") from None
     except OSError as error:
         raise ConfigError("DatasetNotReadable", f"{name}: {error.strerror or error}") from None
-    return rows
 
 
 def read_data_file(uri: str, fmt: str, declared_sha256: str | None, workdir: pathlib.Path) -> DataFile:
     """Fetch, hash, check against the declared sha256, then parse."""
     path = fetch_file(uri, workdir, reason_missing="DatasetNotFound")
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     if declared_sha256 is not None and digest != declared_sha256:
         raise IntegrityError(
             "DatasetDigestMismatch", f"{uri}: sha256 is {digest}, the config declares {declared_sha256}"

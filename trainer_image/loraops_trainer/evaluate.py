@@ -204,43 +204,34 @@ def paired_comparison(
 
 
 def read_golden(config: EvaluateConfig, workdir: pathlib.Path) -> tuple[list[dict[str, Any]], str]:
-    from .data import sha256_of
+    from .data import iter_jsonl
+    from .manifest import file_sha256
     from .storage import fetch_file
 
     path = fetch_file(config.golden.uri, workdir, reason_missing="GoldenNotFound")
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     if config.golden.sha256 and digest != config.golden.sha256:
         raise IntegrityError(
             "GoldenDigestMismatch", f"{config.golden.uri}: sha256 {digest} != declared {config.golden.sha256}"
         )
     rows = []
     needs_expected = bool(NEEDS_EXPECTED & set(config.metrics))
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{config.golden.uri} line {number}"
+    for where, row in iter_jsonl(path, config.golden.uri, "GoldenInvalid"):
+        if not isinstance(row, dict):
+            raise ConfigError("GoldenInvalid", f"{where}: expected a JSON object")
+        has_messages, has_prompt = isinstance(row.get("messages"), list), isinstance(row.get("prompt"), str)
+        if has_messages == has_prompt:
+            raise ConfigError("GoldenInvalid", f"{where}: needs exactly one of 'messages' (list) and 'prompt' (string)")
+        if needs_expected and not isinstance(row.get("expected"), str):
+            raise ConfigError("GoldenInvalid", f"{where}: 'expected' must be a string")
+        if "slice" in row and not isinstance(row["slice"], str):
+            raise ConfigError("GoldenInvalid", f"{where}: 'slice' must be a string")
+        if "regex" in row:
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ConfigError("GoldenInvalid", f"{where}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise ConfigError("GoldenInvalid", f"{where}: expected a JSON object")
-            has_messages, has_prompt = isinstance(row.get("messages"), list), isinstance(row.get("prompt"), str)
-            if has_messages == has_prompt:
-                raise ConfigError(
-                    "GoldenInvalid", f"{where}: needs exactly one of 'messages' (list) and 'prompt' (string)"
-                )
-            if needs_expected and not isinstance(row.get("expected"), str):
-                raise ConfigError("GoldenInvalid", f"{where}: 'expected' must be a string")
-            if "slice" in row and not isinstance(row["slice"], str):
-                raise ConfigError("GoldenInvalid", f"{where}: 'slice' must be a string")
-            if "regex" in row:
-                try:
-                    re.compile(row["regex"])
-                except (re.error, TypeError) as error:
-                    raise ConfigError("GoldenInvalid", f"{where}: 'regex' is not a valid pattern ({error})") from None
-            rows.append(row)
+                re.compile(row["regex"])
+            except (re.error, TypeError) as error:
+                raise ConfigError("GoldenInvalid", f"{where}: 'regex' is not a valid pattern ({error})") from None
+        rows.append(row)
     if not rows:
         raise ConfigError("GoldenEmpty", f"{config.golden.uri}: no rows")
     return rows, digest
