@@ -109,8 +109,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     report = verify_directory(pathlib.Path(args.directory), args.digest)
     Reporter().emit(**report.as_dict())
-    if not report.ok:
-        raise errors.IntegrityError("DigestMismatch", f"{args.directory}: " + "; ".join(report.problems))
+    report.raise_for_problems(args.directory)
     return errors.EXIT_OK
 
 

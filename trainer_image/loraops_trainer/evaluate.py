@@ -321,9 +321,7 @@ class LocalAnswerer:
         base_dir = fetch_dir(local.base_model, workdir, reason_missing="BaseModelNotFound")
         adapter_dir = fetch_dir(local.adapter, workdir, reason_missing="AdapterNotFound")
         if read_manifest(adapter_dir) is not None:
-            report = verify_directory(adapter_dir)
-            if not report.ok:
-                raise IntegrityError("DigestMismatch", f"{local.adapter}: " + "; ".join(report.problems))
+            verify_directory(adapter_dir).raise_for_problems(local.adapter)
         self.generation = generation
         self.batch_size = local.batch_size
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, IntegrityError
 from .storage import MANIFEST_NAME
 
 SCHEMA_VERSION = 1
@@ -160,6 +160,11 @@ class Verification:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def raise_for_problems(self, label: str) -> None:
+        """IntegrityError `DigestMismatch` naming `label` and every problem, unless all checks passed."""
+        if self.problems:
+            raise IntegrityError("DigestMismatch", f"{label}: " + "; ".join(self.problems))
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ import pathlib
 import tempfile
 from typing import Any
 
-from .errors import ConfigError, IntegrityError
+from .errors import ConfigError
 from .manifest import build_manifest, hash_directory, read_manifest, verify_directory, write_manifest
 from .progress import Clock, Reporter
 from .storage import fetch_dir, output_store
@@ -39,10 +39,11 @@ def merge(
         adapter_dir = fetch_dir(adapter, work, reason_missing="AdapterNotFound")
         adapter_manifest = read_manifest(adapter_dir)
         if adapter_manifest is not None:
-            check = verify_directory(adapter_dir)
-            if not check.ok:
-                raise IntegrityError("DigestMismatch", f"{adapter}: " + "; ".join(check.problems))
-        adapter_digest, _ = hash_directory(adapter_dir)
+            check = verify_directory(adapter_dir)  # hashes the files once: its digest is the adapter's
+            check.raise_for_problems(adapter)
+            adapter_digest = check.digest
+        else:
+            adapter_digest, _ = hash_directory(adapter_dir)
         existing = store.read_manifest()
         if existing is not None and existing.get("adapter", {}).get("digest") != adapter_digest:
             raise ConfigError(
