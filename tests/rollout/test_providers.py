@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from loraops.api.route import AnalysisSpec
-from loraops.routing.analysis import figures, judge, window
+from loraops.routing.analysis import figures, judge, summed, window
 from loraops.routing.providers import PROMQL, BuiltinProvider, PrometheusProvider, open_circuits
 
 pytestmark = pytest.mark.rollout
@@ -99,8 +99,7 @@ def test_builtin_provider_scrapes_each_replica_and_skips_an_unreachable_one() ->
 
     replicas = asyncio.run(scenario())
     assert len(replicas) == 2, "two replicas answered, the third is skipped"
-    summed = window({}, {k: sum(r.get(k, 0.0) for r in replicas) for k in replicas[0]})
-    assert figures(summed, "bot", "v2").requests == 14
+    assert figures(window({}, summed(replicas)), "bot", "v2").requests == 14
     assert open_circuits(replicas, "bot") == frozenset()
 
 

@@ -26,16 +26,25 @@ Snapshot = dict[SampleKey, float]
 """(sample name, sorted labels) → value, summed over router replicas."""
 
 
-def parse_scrapes(texts: Iterable[str]) -> Snapshot:
-    """Sum the `loraops_router_*` samples of several router replicas' /metrics pages."""
+def parse_scrape(text: str, route: str) -> Snapshot:
+    """The `loraops_router_*` samples of route `route` on one router replica's /metrics page (the other
+    routes' series are never read by this route's analysis)."""
+    snapshot: Snapshot = {}
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith("loraops_router_"):
+            continue
+        for sample in family.samples:
+            if sample.labels.get("route") == route:
+                snapshot[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return snapshot
+
+
+def summed(replicas: Iterable[Snapshot]) -> Snapshot:
+    """The replicas' samples added up, key by key."""
     total: Snapshot = defaultdict(float)
-    for text in texts:
-        for family in text_string_to_metric_families(text):
-            if not family.name.startswith("loraops_router_"):
-                continue
-            for sample in family.samples:
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                total[key] += sample.value
+    for replica in replicas:
+        for key, value in replica.items():
+            total[key] += value
     return dict(total)
 
 

@@ -18,19 +18,11 @@ from loraops.config import SERVICE_URL_ANNOTATION, VLLM_URL_ANNOTATION, Operator
 from loraops.kube.client import PODS, SERVICES, KubeClient
 from loraops.kube.handlers import accepted_spec, kind_resource, register_reconciler, register_timer, write_status
 
-from .analysis import Snapshot, figures, result, window
+from .analysis import Snapshot, figures, result, summed, window
 from .providers import BuiltinProvider, MetricsProvider, PrometheusProvider, open_circuits
 from .rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION, AdapterView, ObservedRoute, plan_route
 
 ACTIVE_PHASES = ("Pending", "Progressing", "Paused", "Degraded")
-
-
-def _summed(replicas: list[Snapshot]) -> Snapshot:
-    total: Snapshot = {}
-    for replica in replicas:
-        for key, value in replica.items():
-            total[key] = total.get(key, 0.0) + value
-    return total
 
 
 class RouteController:
@@ -101,7 +93,7 @@ class RouteController:
         ):
             return None
         key = (uid, status.canary_adapter, status.current_step, status.step_started_at.isoformat())
-        now = _summed(replicas)
+        now = summed(replicas)
         baseline = self.baselines.get(key)
         if baseline is None:
             self.baselines = {k: v for k, v in self.baselines.items() if k[0] != uid}  # older windows of this route

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import aiohttp
 
-from .analysis import Snapshot, parse_scrapes
+from .analysis import Snapshot, parse_scrape
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class BuiltinProvider:
     async def replicas(self, model: str) -> list[Snapshot]:
         async with aiohttp.ClientSession(timeout=self.timeout) as session:
             pages = await asyncio.gather(*(self._scrape(session, url) for url in self.urls))
-        return [parse_scrapes([page]) for page in pages if page is not None]
+        return [parse_scrape(page, model) for page in pages if page is not None]
 
     async def _scrape(self, session: aiohttp.ClientSession, url: str) -> str | None:
         try:
