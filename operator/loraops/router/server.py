@@ -9,11 +9,13 @@ pools (`upstream.py`, `http1.py`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -227,9 +229,9 @@ class Router:
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.ServerRunner | None = None
         self.port: int | None = None
-        self._dispatch = {
-            ("POST", "/v1/chat/completions"): self._chat,
-            ("POST", "/v1/completions"): self._completions,
+        self._dispatch: dict[tuple[str, str], Callable[[BaseRequest], Awaitable[web.StreamResponse]]] = {
+            ("POST", "/v1/chat/completions"): functools.partial(self._counted, "/v1/chat/completions"),
+            ("POST", "/v1/completions"): functools.partial(self._counted, "/v1/completions"),
             ("GET", "/v1/models"): self._models,
             ("GET", "/healthz"): self._healthz,
             ("GET", "/readyz"): self._readyz,
@@ -244,10 +246,9 @@ class Router:
         if self._raw_table is not None and table == self._raw_table:
             return
         compiled = compile_table(table)  # ValueError leaves the current table in place
-        for route in compiled.routes.values():
-            for (model, _adapter), breaker in self.breakers.items():
-                if model == route.model:
-                    breaker.reconfigure(route.breaker)
+        for (model, _adapter), breaker in self.breakers.items():
+            if (route := compiled.routes.get(model)) is not None:
+                breaker.reconfigure(route.breaker)
         self.table = compiled
         self._raw_table = table
         self._refresh_label_tenants()
@@ -381,19 +382,12 @@ class Router:
                     data.append({"id": route.model, "object": "model", "created": 0, "owned_by": "loraops"})
         return web.Response(body=json.dumps({"object": "list", "data": data}).encode(), content_type=JSON)
 
-    async def _chat(self, request: BaseRequest) -> web.StreamResponse:
+    async def _counted(self, path: str, request: BaseRequest) -> web.StreamResponse:
+        """A proxied request, counted in flight while it lasts."""
         in_flight = self.metrics.in_flight
         in_flight.inc()
         try:
-            return await self._proxy(request, "/v1/chat/completions")
-        finally:
-            in_flight.dec()
-
-    async def _completions(self, request: BaseRequest) -> web.StreamResponse:
-        in_flight = self.metrics.in_flight
-        in_flight.inc()
-        try:
-            return await self._proxy(request, "/v1/completions")
+            return await self._proxy(request, path)
         finally:
             in_flight.dec()
 

@@ -30,6 +30,12 @@ Publish = Callable[[RouteTable], None]
 """Receives each new table. Raises ValueError if the table is inconsistent (the source logs it and goes on)."""
 
 
+def file_stamp(path: pathlib.Path) -> tuple[int, int, int]:
+    """What changes when a file is replaced or rewritten (inode, mtime, size); raises OSError."""
+    st = os.stat(path)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class TableSource(Protocol):
     async def run(self, publish: Publish, on_error: Callable[[str], None]) -> None:
         """Publish the current table, then every change, until cancelled."""
@@ -64,10 +70,9 @@ class FileSource:
 
     def _stamp(self) -> tuple[int, int, int] | None:
         try:
-            st = os.stat(self.path)
+            return file_stamp(self.path)
         except OSError:
             return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     async def run(self, publish: Publish, on_error: Callable[[str], None]) -> None:
         seen: tuple[int, int, int] | None = None

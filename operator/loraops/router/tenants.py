@@ -9,7 +9,6 @@ router behind a gateway that authenticates and sets it. The key file is a YAML/J
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 import re
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 import yaml
 
 from loraops.api.common import TENANT_ID
+
+from .sources import file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,9 @@ class ApiKeys:
         self._state = _KeyFileState((0, 0, 0), {})
         self.refresh()
 
-    @staticmethod
-    def _stamp(path: pathlib.Path) -> tuple[int, int, int]:
-        st = os.stat(path)
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
     def refresh(self) -> None:
         try:
-            stamp = self._stamp(self.path)
+            stamp = file_stamp(self.path)
         except OSError as err:
             log.warning("API key file %s unreadable: %s (keeping %d keys)", self.path, err, len(self._state.keys))
             return
