@@ -30,7 +30,7 @@ from typing import Any
 from loraops.adapters.deployment import Needs, plan_deployment
 from loraops.config import OperatorConfig
 from loraops.devmode.apiserver import FakeKubeApi
-from loraops.devmode.fakevllm import LocalReplicas, pod_from_template
+from loraops.devmode.fakevllm import LocalReplicas, pod_from_template, vllm_deployment
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 NAMESPACE = "bench"
@@ -67,22 +67,7 @@ asyncio.run(run_async(OperatorConfig.model_validate_json(sys.argv[1])))
 
 
 def _deployment(base: str, args: list[str], config: OperatorConfig, adapters: int) -> dict[str, Any]:
-    labels = {"app": "vllm"}
-    deployment: dict[str, Any] = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "vllm", "labels": labels},
-        "spec": {
-            "replicas": REPLICAS,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [{"name": "vllm", "image": "vllm", "args": ["--served-model-name", base, *args]}]
-                },
-            },
-        },
-    }
+    deployment = vllm_deployment("vllm", ["--served-model-name", base, *args], image="vllm", replicas=REPLICAS)
     plan = plan_deployment(deployment, None, Needs(max_rank=16, adapters=adapters), config)
     assert plan.patch is not None
     deployment["metadata"]["annotations"] = plan.patch["metadata"]["annotations"]

@@ -10,6 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from loraops.adapters.deployment import AGENT_CONTAINER, vllm_container
+from loraops.devmode.apiserver import FakeKubeApi
+
 
 @dataclass
 class Kubectl:
@@ -35,3 +38,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, message: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(0.05)
+
+
+def patched_deployment(api: FakeKubeApi, namespace: str, name: str) -> dict[str, Any] | None:
+    """The Deployment once the operator has added the agent sidecar to its template, else None."""
+    found = api.get("deployments", namespace, name)
+    return found if found is not None and vllm_container(found, AGENT_CONTAINER) is not None else None

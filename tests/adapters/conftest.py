@@ -15,41 +15,25 @@ import pytest
 
 from loraops.config import OperatorConfig
 from loraops.devmode.apiserver import FakeKubeApi
-from loraops.devmode.fakevllm import LocalReplicas, pod_from_template
+from loraops.devmode.fakevllm import LocalReplicas, pod_from_template, vllm_deployment
 from loraops.devmode.kopfrunner import OperatorThread
 from loraops.runtime import build_registry
 from loraops_trainer.manifest import build_manifest, hash_directory, write_manifest
 from tests.conftest import NAMESPACE
-from tests.support import wait_for
+from tests.support import patched_deployment, wait_for
 
 BASE = "meta-llama/Llama-3.1-8B-Instruct"
 DEPLOYMENT = "llama-8b"
 
 
-def vllm_deployment() -> dict[str, Any]:
-    labels = {"app": DEPLOYMENT}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": DEPLOYMENT, "labels": labels},
-        "spec": {
-            "replicas": 3,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "vllm",
-                            "image": "vllm/vllm-openai:v0.32.0",
-                            "args": ["--model", BASE, "--port", "8000"],
-                            "resources": {"limits": {"nvidia.com/gpu": 1}},
-                        }
-                    ]
-                },
-            },
-        },
-    }
+def llama_deployment() -> dict[str, Any]:
+    return vllm_deployment(
+        DEPLOYMENT,
+        ["--model", BASE, "--port", "8000"],
+        image="vllm/vllm-openai:v0.32.0",
+        replicas=3,
+        resources={"limits": {"nvidia.com/gpu": 1}},
+    )
 
 
 def make_adapter(root: pathlib.Path, seed: int = 0) -> tuple[pathlib.Path, str]:
@@ -88,12 +72,10 @@ class Cluster:
         return found
 
     def wait_patched(self) -> dict[str, Any]:
-        def patched() -> dict[str, Any] | None:
-            deployment = self.deployment()
-            names = [c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]]
-            return deployment if "loraops-agent" in names else None
-
-        return wait_for(patched, message="the Deployment patched with the agent sidecar")
+        return wait_for(
+            lambda: patched_deployment(self.api, NAMESPACE, DEPLOYMENT),
+            message="the Deployment patched with the agent sidecar",
+        )
 
     def add_pod(self) -> str:
         self.serial += 1
@@ -130,7 +112,7 @@ def adapter_config(operator_config: OperatorConfig) -> OperatorConfig:
 
 @pytest.fixture
 def cluster(fake_api: FakeKubeApi, tmp_path: pathlib.Path) -> Iterator[Cluster]:
-    fake_api.create("deployments", vllm_deployment(), NAMESPACE)
+    fake_api.create("deployments", llama_deployment(), NAMESPACE)
     with LocalReplicas(tmp_path / "replicas", base_model=BASE) as replicas:
         yield Cluster(fake_api, replicas)
 

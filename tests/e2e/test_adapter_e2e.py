@@ -16,14 +16,14 @@ import yaml
 
 from loraops.config import OperatorConfig
 from loraops.devmode.apiserver import FakeKubeApi
-from loraops.devmode.fakevllm import LocalReplicas, pod_from_template
+from loraops.devmode.fakevllm import LocalReplicas, pod_from_template, vllm_deployment
 from loraops.devmode.jobrunner import LocalJobRunner
 from loraops.devmode.kopfrunner import OperatorThread
 from loraops.runtime import build_registry
 from loraops_trainer.manifest import build_manifest, write_manifest
 from tests.conftest import NAMESPACE
 from tests.e2e.adapters import make_adapter
-from tests.support import Kubectl, wait_for
+from tests.support import Kubectl, patched_deployment, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.adapters]
 
@@ -50,21 +50,8 @@ def upload_adapter(endpoint: str, folder: pathlib.Path) -> str:
 
 
 def deployment(model: pathlib.Path, port: int) -> dict[str, Any]:
-    labels = {"app": "tiny"}
     args = ["--model", str(model), "--served-model-name", "tiny-llama", "--port", str(port), "--max-lora-rank", "8"]
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "tiny", "labels": labels},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "vllm", "image": "vllm-cpu", "args": args}]},
-            },
-        },
-    }
+    return vllm_deployment("tiny", args, image="vllm-cpu")
 
 
 def adapter_yaml(uri: str, digest: str) -> str:
@@ -130,12 +117,9 @@ def test_s3_adapter_is_ready_answers_by_name_and_passes_the_gate(
     ):
         kubectl("apply", "--validate=false", "-f", "-", input=adapter_yaml(uri, str(manifest["digest"])))
 
-        def patched() -> dict[str, Any] | None:
-            found = fake_api.get("deployments", NAMESPACE, "tiny")
-            names = [c["name"] for c in found["spec"]["template"]["spec"]["containers"]] if found else []
-            return found if "loraops-agent" in names else None
-
-        current = wait_for(patched, timeout=30, message="the Deployment patched")
+        current = wait_for(
+            lambda: patched_deployment(fake_api, NAMESPACE, "tiny"), timeout=30, message="the Deployment patched"
+        )
         args = current["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args[args.index("--max-lora-rank") + 1] == "16", "raised for the rank-16 claim"
         replica = replicas.add("tiny-0", vllm_url=vllm_server.url)

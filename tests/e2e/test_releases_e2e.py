@@ -19,7 +19,7 @@ import yaml
 
 from loraops.config import OperatorConfig
 from loraops.devmode.apiserver import FakeKubeApi
-from loraops.devmode.fakevllm import LocalReplicas, pod_from_template
+from loraops.devmode.fakevllm import LocalReplicas, pod_from_template, vllm_deployment
 from loraops.devmode.kopfrunner import OperatorThread
 from loraops.router.sources import FileSource
 from loraops.runtime import build_registry
@@ -27,7 +27,7 @@ from loraops_trainer.manifest import hash_directory
 from tests.conftest import NAMESPACE
 from tests.e2e.adapters import make_adapter
 from tests.router.fakes import post, router_for, run
-from tests.support import wait_for
+from tests.support import patched_deployment, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.adapters, pytest.mark.router]
 
@@ -36,12 +36,8 @@ RELEASES = {"support-v1": 1, "support-v2": 2}  # name → training seed: two dif
 
 
 def deployment(model: pathlib.Path, port: int) -> dict[str, Any]:
-    labels = {"app": "tiny"}
     args = ["--model", str(model), "--served-model-name", "tiny-llama", "--port", str(port), "--max-lora-rank", "16"]
-    container = {"name": "vllm", "image": "vllm-cpu", "args": args}
-    template = {"metadata": {"labels": labels}, "spec": {"containers": [container]}}
-    spec = {"replicas": 1, "selector": {"matchLabels": labels}, "template": template}
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "tiny", "labels": labels}, "spec": spec}
+    return vllm_deployment("tiny", args, image="vllm-cpu")
 
 
 def adapter(name: str, folder: pathlib.Path, digest: str, version: str) -> dict[str, Any]:
@@ -88,12 +84,9 @@ def test_two_releases_serve_at_once_the_router_names_the_release_and_zero_b_is_n
         for version, name in enumerate(("support-v1", "support-v2", "zero-b"), start=1):
             fake_api.create("loraadapters", adapter(name, folders[name], digests[name], f"{version}.0.0"), NAMESPACE)
 
-        def patched() -> dict[str, Any] | None:
-            found = fake_api.get("deployments", NAMESPACE, "tiny")
-            names = [c["name"] for c in found["spec"]["template"]["spec"]["containers"]] if found else []
-            return found if "loraops-agent" in names else None
-
-        current = wait_for(patched, timeout=30, message="the Deployment patched")
+        current = wait_for(
+            lambda: patched_deployment(fake_api, NAMESPACE, "tiny"), timeout=30, message="the Deployment patched"
+        )
         replica = replicas.add("tiny-0", vllm_url=vllm_server.url)
         fake_api.create("pods", pod_from_template(current, "tiny-0", replica.agent_url, "10.0.0.1"), NAMESPACE)
         try:

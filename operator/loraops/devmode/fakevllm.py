@@ -224,6 +224,23 @@ class LocalReplicas:
         self.stop()
 
 
+def vllm_deployment(name: str, args: list[str], *, image: str, replicas: int = 1, **container: Any) -> dict[str, Any]:
+    """A Deployment of one vLLM container (`app: <name>` labels), as a platform team would apply it;
+    `container` adds fields to the container (e.g. `resources`)."""
+    labels = {"app": name}
+    vllm = {"name": "vllm", "image": image, "args": args, **container}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": dict(labels)}, "spec": {"containers": [vllm]}},
+        },
+    }
+
+
 def pod_from_template(
     deployment: dict[str, Any], name: str, agent_url: str, ip: str, ready: bool = True
 ) -> dict[str, Any]:

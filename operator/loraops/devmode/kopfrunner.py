@@ -132,4 +132,3 @@ class OperatorThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-

@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from loraops.adapters.deployment import AGENT_CONTAINER, vllm_container
 from loraops.config import SERVICE_URL_ANNOTATION, VLLM_URL_ANNOTATION, OperatorConfig
 from loraops.devmode.apiserver import FakeKubeApi
 from loraops.devmode.chaos import ChaosProxy
-from loraops.devmode.fakevllm import LocalReplicas, pod_from_template
+from loraops.devmode.fakevllm import LocalReplicas, pod_from_template, vllm_deployment
 from loraops.devmode.jobrunner import LocalJobRunner
 from loraops.devmode.kopfrunner import OperatorThread
 from loraops.devmode.vllm import VllmServer, free_port, start_vllm
@@ -73,22 +74,9 @@ class DevWorld:
 
 
 def _deployment(model: pathlib.Path, port: int) -> dict[str, Any]:
-    labels = {"app": DEPLOYMENT}
     args = ["--model", str(model), "--served-model-name", SERVED_BASE, "--port", str(port), "--enable-lora",
             "--max-loras", "4", "--max-lora-rank", "16"]  # fmt: skip
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": DEPLOYMENT, "labels": labels},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai-cpu", "args": args}]},
-            },
-        },
-    }
+    return vllm_deployment(DEPLOYMENT, args, image="vllm/vllm-openai-cpu")
 
 
 def _play_replicaset(world: DevWorld, agent_url: str, stop: threading.Event) -> None:
@@ -96,10 +84,8 @@ def _play_replicaset(world: DevWorld, agent_url: str, stop: threading.Event) -> 
     while not stop.wait(0.3):
         with contextlib.suppress(Exception):
             deployment = world.api.get("deployments", NAMESPACE, DEPLOYMENT)
-            containers = (
-                (deployment or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers")
-            ) or []
-            if deployment and len(containers) > 1 and world.api.get("pods", NAMESPACE, POD) is None:
+            patched = deployment is not None and vllm_container(deployment, AGENT_CONTAINER) is not None
+            if deployment and patched and world.api.get("pods", NAMESPACE, POD) is None:
                 pod = pod_from_template(deployment, POD, agent_url, "127.0.0.1")
                 pod["metadata"]["annotations"][VLLM_URL_ANNOTATION] = world.chaos.url
                 world.api.create("pods", pod, NAMESPACE)
