@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from .config import Model, parse_config, read_config_file
+from .config import SHA256_HEX, Model, parse_config, read_config_file
 from .errors import ConfigError, IntegrityError, RuntimeFailure
 from .progress import Reporter
 
@@ -42,7 +42,7 @@ REPORT_SCHEMA_VERSION = 1
 class GoldenConfig(Model):
     uri: Annotated[str, Field(min_length=1)]
     """JSONL file: `s3://`, `pvc://`, `file://` or a local path."""
-    sha256: Annotated[str, Field(pattern=r"^[a-f0-9]{64}$")] | None = None
+    sha256: Annotated[str, Field(pattern=SHA256_HEX)] | None = None
     """Declared sha256 of the file; a mismatch stops the evaluation."""
 
 

@@ -409,18 +409,18 @@ def _train(
                 run.train_loss_first = loss_value
             run.tokens_total += int(n_tokens)
             elapsed = loop_clock.elapsed()
+            last_loss = last_ce / max(1.0, last_n)
             reporter.emit(
                 "progress",
                 step=run.step,
                 total_steps=total_steps,
                 loss=loss_value,
-                last_step_loss=last_ce / max(1.0, last_n),
+                last_step_loss=last_loss,
                 learning_rate=current_lr,
                 tokens_per_second=n_tokens / max(1e-9, now - run.window_start),
                 eta_seconds=(total_steps - run.step) * elapsed / run.run_steps,
                 percent=round(100 * run.step / total_steps, 2),
             )
-            last_loss = last_ce / max(1.0, last_n)
             run.window_ce = torch.zeros((), device=dist.device, dtype=torch.float32)
             run.window_targets = run.window_tokens = 0
             run.window_start = now

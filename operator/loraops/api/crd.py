@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
-from pydantic_core import PydanticUndefined, core_schema
+from pydantic_core import core_schema
 
 from .kinds import CATEGORY, KINDS, Kind
 
@@ -32,9 +32,7 @@ class _Generator(GenerateJsonSchema):
     def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
         factory = schema.get("default_factory")
         if factory is None or schema.get("default_factory_takes_data"):
-            return (
-                schema.get("default", PydanticUndefined) if "default" in schema else super().get_default_value(schema)
-            )
+            return super().get_default_value(schema)
         value = factory()  # type: ignore[call-arg]
         # An empty object lets the API server fill in the nested defaults.
         return {} if isinstance(value, BaseModel) else value

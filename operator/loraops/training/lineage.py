@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from loraops.api.common import API_VERSION
+from loraops.api.kinds import LORA_ADAPTER
 from loraops.api.training import LoraTrainingSpec
+from loraops.kube.objects import MANAGED_BY
 
 from .planner import TRAINING_LABEL
 
@@ -46,11 +48,11 @@ def adapter_from_template(training: str, namespace: str, spec: LoraTrainingSpec)
         adapter_spec["tenants"] = list(template.tenants)
     return {
         "apiVersion": API_VERSION,
-        "kind": "LoraAdapter",
+        "kind": LORA_ADAPTER.kind,
         "metadata": {
             "name": template.name or training,
             "namespace": namespace,
-            "labels": {TRAINING_LABEL: training, "app.kubernetes.io/managed-by": "loraops"},
+            "labels": {TRAINING_LABEL: training, **MANAGED_BY},
         },
         "spec": adapter_spec,
     }
