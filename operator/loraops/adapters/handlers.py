@@ -29,7 +29,7 @@ from loraops.api.adapter import LoraAdapterSpec, LoraAdapterStatus
 from loraops.api.common import API_VERSION
 from loraops.api.kinds import ADAPTER_ROUTE, LORA_ADAPTER, LORA_TRAINING
 from loraops.config import AGENT_URL_ANNOTATION, SERVICE_URL_ANNOTATION, OperatorConfig
-from loraops.kube.client import CONFIGMAPS, DEPLOYMENTS, JOBS, PODS, SERVICES, ApiError, KubeClient, Resource
+from loraops.kube.client import CONFIGMAPS, DEPLOYMENTS, JOBS, PODS, SERVICES, KubeClient, Resource
 from loraops.kube.handlers import accepted_spec, kind_resource, register_reconciler, write_status
 from loraops.kube.metrics import instrumented
 from loraops.kube.objects import Owner
@@ -351,11 +351,7 @@ class AdapterController:
             for obj in gate.render_evaluation(
                 owner, evaluation, golden, key, endpoint, spec.base_model, served, self.config
             ):
-                try:
-                    await self.client.acreate(RESOURCES[obj["kind"]], namespace, obj)
-                except ApiError as error:
-                    if error.status != 409:  # 409: created by an earlier attempt
-                        raise
+                await self.client.acreate_if_absent(RESOURCES[obj["kind"]], namespace, obj)  # 409: an earlier attempt
             kopf.event(
                 cast(kopf.Body, body),
                 type="Normal",

@@ -139,6 +139,16 @@ class KubeClient:
     def create(self, resource: Resource, namespace: str | None, body: Obj) -> Obj:
         return self.request("POST", resource.path(namespace), body)
 
+    def create_if_absent(self, resource: Resource, namespace: str | None, body: Obj) -> Obj | None:
+        """The created object, or None when one of that name exists already (409: an earlier attempt, or
+        someone else; the caller decides whether the existing one will do)."""
+        try:
+            return self.create(resource, namespace, body)
+        except ApiError as err:
+            if err.status == 409:
+                return None
+            raise
+
     def patch(self, resource: Resource, namespace: str | None, name: str, patch: Obj, *, sub: str | None = None) -> Obj:
         return self.request(
             "PATCH", resource.path(namespace, name, sub), patch, content_type="application/merge-patch+json"
@@ -164,6 +174,9 @@ class KubeClient:
 
     async def acreate(self, resource: Resource, namespace: str | None, body: Obj) -> Obj:
         return await asyncio.to_thread(self.create, resource, namespace, body)
+
+    async def acreate_if_absent(self, resource: Resource, namespace: str | None, body: Obj) -> Obj | None:
+        return await asyncio.to_thread(self.create_if_absent, resource, namespace, body)
 
     async def apatch(
         self, resource: Resource, namespace: str | None, name: str, patch: Obj, *, sub: str | None = None

@@ -64,14 +64,11 @@ class TrainingController:
             resource, name = RESOURCES[obj["kind"]], obj["metadata"]["name"]
             existing = await self.client.aget(resource, owner.namespace, name)
             if existing is None:
-                try:
-                    existing = await self.client.acreate(resource, owner.namespace, obj)
-                    if obj["kind"] == "Job":
-                        kopf.event(body, type="Normal", reason="JobCreated", message=f"created Job {name}")
-                except ApiError as err:
-                    if err.status != 409:
-                        raise
+                existing = await self.client.acreate_if_absent(resource, owner.namespace, obj)
+                if existing is None:  # created meanwhile (409): judge the one that is there
                     existing = await self.client.aget(resource, owner.namespace, name)
+                elif obj["kind"] == "Job":
+                    kopf.event(body, type="Normal", reason="JobCreated", message=f"created Job {name}")
             if existing is not None and not _owned_by(existing, owner.uid):
                 message = f"{obj['kind']} {name} exists and is not owned by this LoraTraining: rename or delete it"
                 kopf.event(body, type="Warning", reason="NameConflict", message=message)
@@ -99,13 +96,9 @@ class TrainingController:
         adapter = adapter_from_template(body["metadata"]["name"], namespace, spec)
         name: str = adapter["metadata"]["name"]
         resource = kind_resource(LORA_ADAPTER)
-        if await self.client.aget(resource, namespace, name) is None:
-            try:
-                await self.client.acreate(resource, namespace, adapter)
-                kopf.event(body, type="Normal", reason="AdapterCreated", message=f"created LoraAdapter {name}")
-            except ApiError as err:
-                if err.status != 409:
-                    raise
+        missing = await self.client.aget(resource, namespace, name) is None
+        if missing and await self.client.acreate_if_absent(resource, namespace, adapter) is not None:
+            kopf.event(body, type="Normal", reason="AdapterCreated", message=f"created LoraAdapter {name}")
         return name
 
     async def finalize(self, body: kopf.Body, logger: kopf.Logger) -> None:
