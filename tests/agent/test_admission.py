@@ -15,12 +15,9 @@ from loraops.agent.errors import ArtifactRejected
 from loraops.agent.models import AdapterRecord, PutAdapter
 from loraops.agent.modules import ARCHITECTURES, BaseModel, check_adapter, read_safetensors_header
 from loraops_trainer.manifest import hash_directory
+from tests.agent.support import uri
 
 pytestmark = [pytest.mark.adapters]
-
-
-def uri(path: pathlib.Path) -> str:
-    return f"file://{path}"
 
 
 def pickle_adapter(root: pathlib.Path, extra: dict[str, bytes] | None = None) -> tuple[pathlib.Path, str]:

@@ -13,12 +13,9 @@ import aiohttp
 import pytest
 
 from loraops.agent.client import AgentClient, AgentError
+from tests.agent.support import scrape, uri
 
 pytestmark = [pytest.mark.adapters, pytest.mark.asyncio]
-
-
-def uri(path: pathlib.Path) -> str:
-    return f"file://{path}"
 
 
 def metric(text: str, sample_name: str, **labels: str) -> float:
@@ -40,12 +37,6 @@ def metric(text: str, sample_name: str, **labels: str) -> float:
 async def put_raw(url: str, body: dict[str, Any]) -> tuple[int, str]:
     async with aiohttp.ClientSession() as session, session.put(url, json=body) as response:
         return response.status, await response.text()
-
-
-async def scrape(url: str) -> str:
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
-        assert response.status == 200
-        return await response.text()
 
 
 async def test_put_downloads_verifies_installs_and_loads(start_agent, fake_vllm, adapter, list_tree) -> None:

@@ -3,25 +3,15 @@ loaded, reported), one that changes the text or only the logprobs is effective; 
 
 from __future__ import annotations
 
-import pathlib
-
 import aiohttp
 import pytest
 
 from loraops.agent.models import ProbeSpec
 from loraops.agent.probe import DEFAULT_PROMPTS, PROBE_ROUNDS, judge, same_answer
 from loraops.agent.vllmapi import Completion
+from tests.agent.support import scrape, uri
 
 pytestmark = [pytest.mark.adapters]
-
-
-def uri(path: pathlib.Path) -> str:
-    return f"file://{path}"
-
-
-async def scrape(url: str) -> str:
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
-        return await response.text()
 
 
 def sample(text: str, line_start: str) -> float:

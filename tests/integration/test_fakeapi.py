@@ -6,7 +6,6 @@ import json
 import pathlib
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ import pytest
 from loraops.devmode import kstore
 from loraops.devmode.apiserver import FakeKubeApi, load_crd_documents, serve
 from loraops.devmode.kopfrunner import OperatorThread, load_registry
+from tests import support
 
 pytestmark = pytest.mark.fakeapi
 
@@ -79,12 +79,8 @@ def watch(api: FakeKubeApi, path: str) -> list[dict[str, Any]]:
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    """tests.support.wait_for with this module's longer default (kopf against the fake API under load)."""
+    return support.wait_for(check, timeout=timeout, message=what)
 
 
 @pytest.fixture(scope="module")

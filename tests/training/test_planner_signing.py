@@ -12,15 +12,10 @@ import pytest
 import yaml
 
 from loraops.api.training import LoraTrainingSpec
-from loraops.config import OperatorConfig
-from loraops.kube.objects import Owner
 from loraops.training.planner import SIGNING_DIR, render, trainer_config
+from tests.training.test_planner import CONFIG, OWNER, by_kind, container_of
 
 pytestmark = [pytest.mark.training, pytest.mark.adapters]
-
-OWNER = Owner("loraops.io/v1alpha1", "LoraTraining", "support-v2", "team-a", "6f1c2d3e-uid")
-CONFIG = OperatorConfig(trainer_image="registry.example/loraops-trainer:1.0")
-
 
 def signed_spec(example: dict[str, Any], signing: dict[str, Any]) -> LoraTrainingSpec:
     raw = copy.deepcopy(example["spec"])
@@ -29,11 +24,8 @@ def signed_spec(example: dict[str, Any], signing: dict[str, Any]) -> LoraTrainin
 
 
 def parts(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    by_kind = {o["kind"]: o for o in objects}
-    job = by_kind["Job"]
-    pod = job["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    return by_kind["ConfigMap"], pod, container
+    kinds = by_kind(objects)
+    return kinds["ConfigMap"], kinds["Job"]["spec"]["template"]["spec"], container_of(kinds["Job"])
 
 
 def test_the_key_secret_is_a_read_only_0400_volume_and_the_config_holds_only_its_path(
