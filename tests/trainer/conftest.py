@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -71,18 +72,22 @@ def write_config(path: pathlib.Path, config: dict[str, Any]) -> pathlib.Path:
     return path
 
 
+def train_quietly(
+    config: dict[str, Any], reporter: Reporter | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run `train()` in this process (for module-scoped fixtures too); returns (result, events): the events
+    are the captured stdout lines, none when a `reporter` of the caller's took them."""
+    from loraops_trainer.train import train
+
+    stream = io.StringIO()
+    result = train(parse_config(TrainConfig, config, "test"), reporter=reporter or Reporter(stream=stream))
+    return result, parse_events(stream.getvalue()) if reporter is None else []
+
+
 @pytest.fixture
 def train_inprocess() -> Callable[..., tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """Run `train()` in this process; returns (result, events)."""
-
-    def run(config: dict[str, Any], reporter: Reporter | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        from loraops_trainer.train import train
-
-        stream = io.StringIO()
-        result = train(parse_config(TrainConfig, config, "test"), reporter=reporter or Reporter(stream=stream))
-        return result, parse_events(stream.getvalue()) if reporter is None else []
-
-    return run
+    """`train_quietly` as a fixture."""
+    return train_quietly
 
 
 @pytest.fixture
@@ -108,3 +113,24 @@ def run_program(*args: str, env: dict[str, str] | None = None, timeout: float = 
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
     )
     return Outcome(process.returncode, parse_events(process.stdout), process.stderr)
+
+
+def sigterm_at_step(*args: str, step: int, env: dict[str, str] | None = None, timeout: float = 120) -> Outcome:
+    """The real program in a fresh interpreter, sent SIGTERM (what a preempted pod gets) once it reports
+    progress at `step`; its events until it exits (stderr is not kept)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "loraops_trainer", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+    assert process.stdout is not None
+    events = []
+    for line in process.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "progress" and events[-1]["step"] >= step:
+            process.send_signal(signal.SIGTERM)
+            break
+    events += parse_events(process.stdout.read())
+    return Outcome(process.wait(timeout=timeout), events, "")

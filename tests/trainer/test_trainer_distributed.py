@@ -13,7 +13,7 @@ import pytest
 from loraops_trainer import testing
 from loraops_trainer.errors import EXIT_CONFIG
 
-from .conftest import parse_events, run_program, write_config
+from .conftest import parse_events, run_program, sigterm_at_step, write_config
 
 pytestmark = pytest.mark.trainer
 
@@ -105,7 +105,6 @@ def test_sigterm_to_the_launcher_checkpoints_every_rank_and_the_restart_resumes(
 ) -> None:
     """Kubernetes sends SIGTERM to the container's first process: the launcher passes it to the workers, they
     agree on a step, write one checkpoint (with every rank's RNG state) and exit 143; the rerun resumes."""
-    import signal
 
     output = tmp_path / "adapter"
     config = write_config(
@@ -120,18 +119,9 @@ def test_sigterm_to_the_launcher_checkpoints_every_rank_and_the_restart_resumes(
             lora={"dropout": 0.1},
         ),
     )
-    command = [sys.executable, "-m", "loraops_trainer", "train", "--config", str(config), "--nproc-per-node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    assert process.stdout is not None
-    events = []
-    for line in process.stdout:
-        events.append(json.loads(line))
-        if events[-1]["event"] == "progress" and events[-1]["step"] >= 5:
-            process.send_signal(signal.SIGTERM)
-            break
-    events += parse_events(process.stdout.read())
-    assert process.wait(timeout=120) == 143
+    stopped = sigterm_at_step("train", "--config", str(config), "--nproc-per-node", "2", step=5)
+    events = stopped.events
+    assert stopped.code == 143
     (checkpoint,) = [e for e in events if e["event"] == "checkpoint"]
     stopped_at = checkpoint["step"]
     assert {e["rank"] for e in events if e["event"] == "error"} == {0, 1}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import pathlib
@@ -15,11 +14,9 @@ from typing import Any
 import pytest
 
 from loraops_trainer import testing
-from loraops_trainer.config import TrainConfig, parse_config
 from loraops_trainer.evaluate import EvaluateConfig, Scored, build_report, paired_comparison, score, token_f1
-from loraops_trainer.progress import Reporter
 
-from .conftest import Outcome, write_config
+from .conftest import Outcome, train_quietly, write_config
 
 pytestmark = pytest.mark.trainer
 
@@ -192,15 +189,8 @@ def test_evaluate_against_an_openai_compatible_endpoint(
 def test_evaluate_locally_with_transformers(
     tiny_model: pathlib.Path, datasets: dict[str, pathlib.Path], tmp_path: pathlib.Path, cli: Callable[..., Outcome]
 ) -> None:
-    from loraops_trainer.train import train
-
     adapter = tmp_path / "adapter"
-    train(
-        parse_config(
-            TrainConfig, testing.train_config(tiny_model, datasets["chat"], adapter, fmt="chat", max_steps=60), "t"
-        ),
-        reporter=Reporter(stream=io.StringIO()),
-    )
+    train_quietly(testing.train_config(tiny_model, datasets["chat"], adapter, fmt="chat", max_steps=60))
     golden = testing.write_jsonl(tmp_path / "golden.jsonl", testing.golden_rows())
     config = write_config(
         tmp_path / "eval.json",

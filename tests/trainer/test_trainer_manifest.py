@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import pathlib
 import shutil
@@ -14,11 +13,10 @@ from typing import Any
 import pytest
 
 from loraops_trainer import testing
-from loraops_trainer.config import TrainConfig, parse_config
 from loraops_trainer.errors import EXIT_CONFIG, EXIT_INTEGRITY
-from loraops_trainer.progress import Reporter, fit_summary
+from loraops_trainer.progress import fit_summary
 
-from .conftest import Outcome
+from .conftest import Outcome, train_quietly
 
 pytestmark = pytest.mark.trainer
 
@@ -27,8 +25,6 @@ pytestmark = pytest.mark.trainer
 def adapter(
     tiny_model: pathlib.Path, datasets: dict[str, pathlib.Path], tmp_path_factory: pytest.TempPathFactory
 ) -> pathlib.Path:
-    from loraops_trainer.train import train
-
     output = tmp_path_factory.mktemp("manifest") / "adapter"
     config = testing.train_config(
         tiny_model,
@@ -37,7 +33,7 @@ def adapter(
         max_steps=8,
         release={"name": "capitals", "version": "1.2.0", "promptVersion": "p3"},
     )
-    train(parse_config(TrainConfig, config, "t"), reporter=Reporter(stream=io.StringIO()))
+    train_quietly(config)
     return output
 
 

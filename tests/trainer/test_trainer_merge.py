@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import pathlib
 import shutil
@@ -11,12 +10,10 @@ from collections.abc import Callable
 import pytest
 
 from loraops_trainer import testing
-from loraops_trainer.config import TrainConfig, parse_config
 from loraops_trainer.errors import EXIT_INTEGRITY
 from loraops_trainer.manifest import hash_directory
-from loraops_trainer.progress import Reporter
 
-from .conftest import Outcome
+from .conftest import Outcome, train_quietly
 
 pytestmark = pytest.mark.trainer
 
@@ -28,13 +25,8 @@ def test_merge_matches_the_dynamic_adapter_and_records_both_digests(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from loraops_trainer.train import train
-
     adapter = tmp_path / "adapter"
-    train(
-        parse_config(TrainConfig, testing.train_config(tiny_model, datasets["completion"], adapter, max_steps=10), "t"),
-        reporter=Reporter(stream=io.StringIO()),
-    )
+    train_quietly(testing.train_config(tiny_model, datasets["completion"], adapter, max_steps=10))
     merged = tmp_path / "merged"
     outcome = cli("merge", "--adapter", str(adapter), "--base-model", str(tiny_model), "--output", str(merged))
     assert outcome.code == 0, outcome.events
@@ -60,13 +52,8 @@ def test_merge_matches_the_dynamic_adapter_and_records_both_digests(
 def test_merge_refuses_a_tampered_adapter(
     tiny_model: pathlib.Path, datasets: dict[str, pathlib.Path], tmp_path: pathlib.Path, cli: Callable[..., Outcome]
 ) -> None:
-    from loraops_trainer.train import train
-
     adapter = tmp_path / "adapter"
-    train(
-        parse_config(TrainConfig, testing.train_config(tiny_model, datasets["completion"], adapter, max_steps=2), "t"),
-        reporter=Reporter(stream=io.StringIO()),
-    )
+    train_quietly(testing.train_config(tiny_model, datasets["completion"], adapter, max_steps=2))
     shutil.copy(adapter / "adapter_config.json", adapter / "config-backup.json")
     outcome = cli("merge", "--adapter", str(adapter), "--base-model", str(tiny_model), "--output", str(tmp_path / "m"))
     assert outcome.code == EXIT_INTEGRITY and "unexpected file 'config-backup.json'" in outcome.last["message"]

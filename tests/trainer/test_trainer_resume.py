@@ -4,11 +4,7 @@ ends exactly where an uninterrupted run ends."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +14,7 @@ from loraops_trainer import testing
 from loraops_trainer.errors import EXIT_CONFIG, EXIT_PREEMPTED, ConfigError
 from loraops_trainer.progress import Reporter
 
-from .conftest import parse_events, run_program, write_config
+from .conftest import run_program, sigterm_at_step, write_config
 
 pytestmark = pytest.mark.trainer
 
@@ -66,23 +62,10 @@ def test_sigterm_checkpoints_and_the_restart_finishes_with_no_step_done_twice(
     output = tmp_path / "adapter"
     config = write_config(tmp_path / "config.json", resume_config(tiny_model, datasets["chat"], output))
     termination = tmp_path / "termination-log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LORAOPS_TERMINATION_LOG": str(termination)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "loraops_trainer", "train", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    assert process.stdout is not None
-    first_run = []
-    for line in process.stdout:
-        first_run.append(json.loads(line))
-        if first_run[-1]["event"] == "progress" and first_run[-1]["step"] >= 10:
-            process.send_signal(signal.SIGTERM)
-            break
-    first_run += parse_events(process.stdout.read())
-    assert process.wait(timeout=120) == EXIT_PREEMPTED
+    env = {"LORAOPS_TERMINATION_LOG": str(termination)}
+    stopped = sigterm_at_step("train", "--config", str(config), step=10, env=env)
+    first_run = stopped.events
+    assert stopped.code == EXIT_PREEMPTED
 
     (checkpoint,) = [e for e in first_run if e["event"] == "checkpoint"]
     stopped_at = checkpoint["step"]
