@@ -236,34 +236,32 @@ def fleet(work: pathlib.Path) -> dict[str, Any]:
                 process.wait(timeout=30)
 
 
-def real_vllm(work: pathlib.Path) -> dict[str, Any]:
+def _random_adapter(model: pathlib.Path, folder: pathlib.Path, seed: int) -> dict[str, Any]:
+    """A PEFT LoRA with random A and B (it changes the answers) and its loraops manifest; returns the manifest."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from loraops.devmode.vllm import VllmOptions, VllmServer
     from loraops_trainer.manifest import build_manifest, write_manifest
-    from loraops_trainer.testing import build_tiny_llama
 
-    model = build_tiny_llama(work / "tiny-model")
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     peft = get_peft_model(
         AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32),
         LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
     )
-    folder = work / "real-adapter"
     peft.save_pretrained(str(folder))
     manifest = build_manifest(folder, kind="adapter", merge_state="unmerged")
     write_manifest(folder, manifest)
-    torch.manual_seed(2)
-    peft = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32),
-        LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-    )
-    folder2 = work / "real-adapter-2"
-    peft.save_pretrained(str(folder2))
-    manifest2 = build_manifest(folder2, kind="adapter", merge_state="unmerged")
-    write_manifest(folder2, manifest2)
+    return manifest
+
+
+def real_vllm(work: pathlib.Path) -> dict[str, Any]:
+    from loraops.devmode.vllm import VllmOptions, VllmServer
+    from loraops_trainer.testing import build_tiny_llama
+
+    model = build_tiny_llama(work / "tiny-model")
+    folder, folder2 = work / "real-adapter", work / "real-adapter-2"
+    manifest, manifest2 = _random_adapter(model, folder, seed=1), _random_adapter(model, folder2, seed=2)
     server = VllmServer(VllmOptions(model=model, served_name="tiny-llama"), log_path=work / "vllm.log")
     server.start(timeout=300)
     try:

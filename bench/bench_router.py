@@ -170,10 +170,10 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
                 body = json.dumps({"model": target["model"], "messages": [{"role": "user", "content": "hello"}],
                                    "max_tokens": 16, "stream": spec["stream"]}).encode()
                 if "cpu_pid" in target:
-                    before = _cpu_seconds(target["cpu_pid"])
+                    before = cpu_seconds(target["cpu_pid"])
                 await _slice(pools[side], body, spec["concurrency"], spec["slice_s"], spec["stream"], results[side])
                 if "cpu_pid" in target:
-                    results[side]["cpu_s"] = results[side].get("cpu_s", 0.0) + _cpu_seconds(target["cpu_pid"]) - before
+                    results[side]["cpu_s"] = results[side].get("cpu_s", 0.0) + cpu_seconds(target["cpu_pid"]) - before
     finally:
         for pool in pools.values():
             pool.close()
@@ -195,7 +195,7 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 

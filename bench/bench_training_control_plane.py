@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from bench.bench_router import cpu_seconds
 from loraops.devmode.apiserver import FakeKubeApi
 from loraops.devmode.vllm import free_port
 
@@ -25,11 +26,6 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 NAMESPACE = "bench"
 OBJECTS = int(os.environ.get("BENCH_TRAININGS", "1000"))
 IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mb(pid: int) -> float:
@@ -69,9 +65,9 @@ def run() -> dict[str, Any]:
             seconds = time.monotonic() - started
             reconciles = _reconciles(metrics)
             time.sleep(5)  # let the tail of status writes and child events settle
-            cpu_before = _cpu_seconds(operator.pid)
+            cpu_before = cpu_seconds(operator.pid)
             time.sleep(IDLE_SECONDS)
-            idle_cpu = _cpu_seconds(operator.pid) - cpu_before
+            idle_cpu = cpu_seconds(operator.pid) - cpu_before
             rss = _rss_mb(operator.pid)
         finally:
             operator.terminate()

@@ -30,6 +30,13 @@ class DemoFailed(RuntimeError):
     pass
 
 
+def chat_request(url: str, tenant: str, user: str, content: str, *, max_tokens: int) -> urllib.request.Request:
+    """One chat completion for route `support-bot` as tenant `tenant`, user `user` (the router's sticky key)."""
+    body = {"model": "support-bot", "max_tokens": max_tokens, "messages": [{"role": "user", "content": content}]}
+    headers = {"content-type": "application/json", "X-Tenant-Id": tenant, "X-User-Id": user}
+    return urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
+
+
 class Traffic:
     """Clients of three tenants through the router; every answer that is not a 200 is a failure."""
 
@@ -48,9 +55,7 @@ class Traffic:
         while not self._stop.is_set():
             tenant = rng.choice(["acme", "globex", "initech"])
             question = f"what is the capital of {rng.choice(['france', 'italy', 'peru'])}?"
-            body = {"model": "support-bot", "max_tokens": 6, "messages": [{"role": "user", "content": question}]}
-            headers = {"content-type": "application/json", "X-Tenant-Id": tenant, "X-User-Id": f"u{rng.randrange(300)}"}
-            request = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST", headers=headers)
+            request = chat_request(self.url, tenant, f"u{rng.randrange(300)}", question, max_tokens=6)
             try:
                 with urllib.request.urlopen(request, timeout=60) as response:
                     adapter = response.headers.get("x-loraops-adapter", "?")
@@ -139,8 +144,8 @@ class Demo:
         seen: dict[str, set[int]] = {"support-v1": set(), "support-v2": set()}
 
         def done() -> bool:
-            for name in seen:
-                status = self.status("loratrainings", name)
+            statuses = {name: self.status("loratrainings", name) for name in seen}
+            for name, status in statuses.items():
                 if status.get("phase") == "Failed":
                     raise DemoFailed(f"training {name} failed: {status.get('message')}")
                 percent = (status.get("progress") or {}).get("percent")
@@ -148,7 +153,7 @@ class Demo:
                     seen[name].add(percent)
                     if self.headless:
                         self.say(f"   {name}: {percent:3d}%  loss {(status.get('progress') or {}).get('loss')}")
-            return all(self.status("loratrainings", n).get("phase") == "Succeeded" for n in seen)
+            return all(status.get("phase") == "Succeeded" for status in statuses.values())
 
         def bars() -> str:
             parts = []
@@ -172,11 +177,11 @@ class Demo:
         names = ["support-v1", "support-v2"]
 
         def ready() -> bool:
-            for name in names:
-                status = self.status("loraadapters", name)
+            statuses = {name: self.status("loraadapters", name) for name in names}
+            for name, status in statuses.items():
                 if status.get("phase") == "Failed":
                     raise DemoFailed(f"adapter {name} failed: {status.get('message')}")
-            return all(self.status("loraadapters", n).get("phase") == "Ready" for n in names)
+            return all(status.get("phase") == "Ready" for status in statuses.values())
 
         def show() -> str:
             return "   ".join(f"{n}: {self.status('loraadapters', n).get('phase', '-')}" for n in names)
@@ -257,11 +262,7 @@ class Demo:
         self.say(self.world.kubectl("get", "ar").rstrip())
 
     def _probe(self, tenant: str = "initech") -> str | None:
-        body = json.dumps({"model": "support-bot", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
-        request = urllib.request.Request(
-            f"{self.world.router_url}/v1/chat/completions", data=body.encode(), method="POST",
-            headers={"content-type": "application/json", "X-Tenant-Id": tenant, "X-User-Id": "probe"},
-        )  # fmt: skip
+        request = chat_request(f"{self.world.router_url}/v1/chat/completions", tenant, "probe", "hi", max_tokens=2)
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.headers.get("x-loraops-adapter")
