@@ -9,6 +9,7 @@ so it checks what a cluster would check.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,13 +38,9 @@ class ManifestInvalid(ValueError):
         super().__init__(f'{kind} "{name}" is invalid: {details}')
 
 
-_SCHEMAS: dict[str, Schema] = {}
-
-
+@functools.cache
 def schema_for(kind: str) -> Schema:
-    if kind not in _SCHEMAS:
-        _SCHEMAS[kind] = kind_schema(KINDS_BY_NAME[kind])
-    return _SCHEMAS[kind]
+    return kind_schema(KINDS_BY_NAME[kind])
 
 
 def apply_defaults(value: Any, schema: Schema) -> Any:

@@ -16,12 +16,12 @@ import threading
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiohttp import web
 
 from loraops.config import AGENT_URL_ANNOTATION
+from loraops.devmode.kutil import now_rfc3339
 from loraops.devmode.vllm import free_port
 
 T = TypeVar("T")
@@ -247,7 +247,7 @@ def pod_from_template(
     """The pod a ReplicaSet would create from the Deployment's current template, reported Running and Ready."""
     template = (deployment.get("spec") or {}).get("template") or {}
     metadata = template.get("metadata") or {}
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = now_rfc3339()
     return {
         "apiVersion": "v1",
         "kind": "Pod",

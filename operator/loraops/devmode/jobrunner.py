@@ -26,18 +26,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from loraops.devmode.apiserver import FakeKubeApi
+from loraops.devmode.kutil import now_rfc3339
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -155,7 +151,7 @@ class LocalJobRunner:
             state.done = True
             self._job_status(
                 state,
-                {"active": 0, "succeeded": completions, "completionTime": _now()},
+                {"active": 0, "succeeded": completions, "completionTime": now_rfc3339()},
                 {"type": "Complete", "status": "True"},
             )
             return
@@ -166,7 +162,7 @@ class LocalJobRunner:
 
     def _start_time(self, state: JobState) -> str:
         job = self.api.get("jobs", state.namespace, state.name) or {}
-        return str((job.get("status") or {}).get("startTime") or _now())
+        return str((job.get("status") or {}).get("startTime") or now_rfc3339())
 
     def _fail(self, state: JobState, reason: str, message: str) -> None:
         for attempt in state.running.values():
@@ -181,7 +177,7 @@ class LocalJobRunner:
     def _job_status(self, state: JobState, fields: Obj, condition: Obj | None) -> None:
         status = dict(fields)
         if condition is not None:
-            status["conditions"] = [{**condition, "lastTransitionTime": _now()}]
+            status["conditions"] = [{**condition, "lastTransitionTime": now_rfc3339()}]
         with contextlib.suppress(Exception):  # the Job may be gone (deleted while running)
             self.api.patch("jobs", state.namespace, state.name, {"status": status}, subresource="status")
 
@@ -213,9 +209,9 @@ class LocalJobRunner:
                 },
                 "spec": {**pod_spec, "nodeName": "local"},
                 "status": {
-                    "phase": "Running", "startTime": _now(),
+                    "phase": "Running", "startTime": now_rfc3339(),
                     "containerStatuses": [{"name": container["name"], "ready": True, "restartCount": 0,
-                                           "state": {"running": {"startedAt": _now()}}}],
+                                           "state": {"running": {"startedAt": now_rfc3339()}}}],
                 },
             },
             state.namespace,
@@ -245,7 +241,7 @@ class LocalJobRunner:
         message = attempt.termination.read_text(errors="replace")[:4096] if attempt.termination.exists() else ""
         terminated = {
             "exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
-            "finishedAt": _now(),
+            "finishedAt": now_rfc3339(),
         }  # fmt: skip
         status = {
             "phase": "Succeeded" if code == 0 else "Failed",

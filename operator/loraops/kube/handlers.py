@@ -62,6 +62,16 @@ async def accepted_spec(client: KubeClient, kind: Kind, body: kopf.Body | dict[s
     return None
 
 
+def kopf_handler(kind: Kind, reconcile: Reconcile) -> Callable[..., Awaitable[None]]:
+    """`reconcile` as a kopf handler (kopf passes its kwargs by name), counted in the per-kind metrics."""
+
+    @instrumented(kind.kind)
+    async def handler(*, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+        await reconcile(body, logger)
+
+    return handler
+
+
 def register_reconciler(
     registry: kopf.OperatorRegistry,
     kind: Kind,
@@ -70,10 +80,7 @@ def register_reconciler(
     finalize: Reconcile | None = None,
 ) -> None:
     resource = (kind.group, kind.version, kind.plural)
-
-    @instrumented(kind.kind)
-    async def on_change(*, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
-        await reconcile(body, logger)
+    on_change = kopf_handler(kind, reconcile)
 
     for decorator, handler_id in (
         (kopf.on.create, "reconcile-create"),
@@ -111,12 +118,7 @@ def register_timer(
     when: Callable[..., bool],
 ) -> None:
     """Reconcile on a timer while `when(status=...)` holds: for what sends no events (pod logs, metrics, time)."""
-
-    @instrumented(kind.kind)
-    async def tick(*, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
-        await reconcile(body, logger)
-
     kopf.timer(
         kind.group, kind.version, kind.plural, registry=registry, id=handler_id, interval=interval, backoff=backoff,
         when=when,
-    )(tick)  # fmt: skip
+    )(kopf_handler(kind, reconcile))  # fmt: skip
